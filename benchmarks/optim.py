@@ -1,0 +1,188 @@
+"""Step time of ℓp mirror descent against torch SGD on a ~13M-parameter, transformer-shaped list.
+
+Usage::
+
+    python benchmarks/optim.py                    # CPU (and CUDA too when present)
+    python benchmarks/optim.py --device cuda      # CUDA only: adds bandwidth and fused SGD
+    python benchmarks/optim.py --p 1.1 3 --rounds 7 --markdown
+
+Every contender is timed in the same run, in interleaved rounds (round r times each contender
+in turn), and the table reports the median over rounds of the mean step time within a round,
+and its ratio to ``torch.optim.SGD(foreach=True)``; the minimum over rounds is shown too, as a
+less contention-sensitive figure on a shared machine.  Contenders:
+
+* ``sgd-foreach`` — ``torch.optim.SGD(foreach=True)`` (the baseline);
+* ``naive`` — the published per-tensor ℓp step, two powers per element, Python loop:
+  ``θ' = sign(w)|w|^{p-1} − ηg; w = sign(θ')|θ'|^{1/(p-1)}``;
+* ``single``, ``foreach``, ``compiled`` (and ``fused`` on CUDA) — :class:`MirrorDescent`
+  paths, with the default non-finite check (``nonfinite="raise"``);
+* ``compiled/ignore`` — the compiled path without the non-finite check, to show its cost.
+
+On CUDA the script also reports achieved bandwidth of the fused step (bytes: read g, read θ,
+write θ, write w, at their dtypes) against a device-to-device copy and ``SGD(fused=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from attnopt.optim import MirrorDescent
+
+
+def transformer_shapes(vocab: int = 30522, d: int = 384, ff: int = 1536, blocks: int = 1, max_len: int = 512):
+    """Shapes of a small BERT-like encoder: embeddings, then per block attention + MLP + norms."""
+    shapes = [(vocab, d), (max_len, d), (d,), (d,)]
+    for _ in range(blocks):
+        shapes += [(d, d), (d,)] * 4  # q, k, v, out projections with biases
+        shapes += [(ff, d), (ff,), (d, ff), (d,)]  # MLP
+        shapes += [(d,), (d,), (d,), (d,)]  # two LayerNorms
+    return shapes
+
+
+def naive_step(ws, gs, lr: float, p: float) -> None:
+    """The per-tensor published-style step: two powers per element, Python loop."""
+    for w, g in zip(ws, gs):
+        theta = torch.sign(w) * w.abs().pow(p - 1.0) - lr * g
+        w.copy_(torch.sign(theta) * theta.abs().pow(1.0 / (p - 1.0)))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _make_params(shapes, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ws = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.05).to(device, dtype)) for s in shapes]
+    gs = [(torch.randn(s, generator=gen) * 1e-3).to(device, dtype) for s in shapes]
+    return ws, gs
+
+
+def contenders(shapes, device, dtype, p: float, lr: float):
+    """name -> zero-argument step function; each contender owns its parameter copies."""
+    out = {}
+
+    def with_grads(make):
+        ws, gs = _make_params(shapes, device, dtype)
+        for w, g in zip(ws, gs):
+            w.grad = g
+        return make(ws, gs)
+
+    def sgd(**kw):
+        return lambda ws, gs: torch.optim.SGD(ws, lr=lr, **kw).step
+
+    out["sgd-foreach"] = with_grads(sgd(foreach=True))
+    if device.type == "cuda":
+        out["sgd-fused"] = with_grads(sgd(fused=True))
+    out["naive"] = with_grads(lambda ws, gs: (lambda: naive_step([w.data for w in ws], gs, lr, p)))
+
+    def ours(**kw):
+        return lambda ws, gs: MirrorDescent(ws, lr=lr, p=p, **kw).step
+
+    out["single"] = with_grads(ours(foreach=False))
+    out["foreach"] = with_grads(ours(foreach=True))
+    out["compiled"] = with_grads(ours(compiled=True))
+    out["compiled/ignore"] = with_grads(ours(compiled=True, nonfinite="ignore"))
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+
+            out["fused"] = with_grads(ours(fused=True))
+        except ImportError:
+            print("  (triton not installed: no fused contender)", file=sys.stderr)
+    return out
+
+
+def time_round(fn, steps: int, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def bench(shapes, device, dtype, p, lr, rounds, steps, only=None):
+    fns = contenders(shapes, device, dtype, p, lr)
+    if only:
+        fns = {k: v for k, v in fns.items() if k in only or k == "sgd-foreach"}
+    for name, fn in fns.items():  # warm-up (compiles the compiled paths)
+        t0 = time.perf_counter()
+        fn()
+        fn()
+        _sync(device)
+        print(f"  warm-up {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(time_round(fn, steps, device))
+    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+
+
+def copy_bandwidth(numel: int, device) -> float:
+    src = torch.empty(numel, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    t = min(time_round(lambda: dst.copy_(src), 20, device) for _ in range(3))
+    return 2 * numel * 4 / t
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="auto", help="cpu, cuda or auto (cpu, plus cuda when present)")
+    ap.add_argument("--p", type=float, nargs="+", default=[1.1, 1.5, 1.75, 3.0])
+    ap.add_argument("--blocks", type=int, default=1, help="transformer blocks after the embeddings")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--only", nargs="*", help="restrict to these contenders (sgd-foreach always runs)")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    args = ap.parse_args(argv)
+
+    if args.device == "auto":
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    else:
+        devices = [torch.device(args.device)]
+        if devices[0].type == "cuda" and not torch.cuda.is_available():
+            print("CUDA requested but not available", file=sys.stderr)
+            return 2
+
+    shapes = transformer_shapes(blocks=args.blocks)
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    print(f"# {numel / 1e6:.2f}M parameters in {len(shapes)} tensors, float32, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads")
+    rows = []
+    for device in devices:
+        for p in args.p:
+            print(f"[{device.type}] p={p:g}", file=sys.stderr, flush=True)
+            med = bench(shapes, device, torch.float32, p, args.lr, args.rounds, args.steps, args.only)
+            base, base_min = med["sgd-foreach"]
+            for name, (t, t_min) in med.items():
+                rows.append((device.type, p, name, t * 1e3, t / base, t_min * 1e3, t_min / base_min))
+            if device.type == "cuda" and "fused" in med:
+                fused, sgd_fused = med["fused"][0], med["sgd-fused"][0]
+                moved = numel * (4 + 4 + 4 + 4)  # read g, read θ, write θ, write w (float32)
+                sgd_moved = numel * (4 + 4 + 4)  # read g, read w, write w
+                bw = copy_bandwidth(numel, device)
+                print(f"cuda p={p:g}: fused {moved / fused / 1e9:.0f} GB/s "
+                      f"({moved / fused / bw:.0%} of copy {bw / 1e9:.0f} GB/s); "
+                      f"sgd-fused {sgd_moved / sgd_fused / 1e9:.0f} GB/s; "
+                      f"fused/sgd-fused time {fused / sgd_fused:.2f}x")
+    if args.markdown:
+        print("| device | p | path | median ms/step | × SGD-foreach | min ms/step | min × SGD-foreach min |")
+        print("|---|---|---|---:|---:|---:|---:|")
+        for dev, p, name, ms, ratio, ms_min, ratio_min in rows:
+            print(f"| {dev} | {p:g} | {name} | {ms:.2f} | {ratio:.2f} | {ms_min:.2f} | {ratio_min:.2f} |")
+    else:
+        for dev, p, name, ms, ratio, ms_min, ratio_min in rows:
+            print(f"{dev:5s} p={p:<5g} {name:16s} {ms:9.2f} ms  {ratio:6.2f}x   (min {ms_min:8.2f} ms {ratio_min:6.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+r"""Element-wise pieces of the ℓp mirror-descent step, shared by the eager paths.
+
+Notation: ``e = 1/(p-1)`` is the exponent of the inverse map
+:math:`\nabla\psi^*(\theta) = \mathrm{sign}(\theta)|\theta|^{e}` and
+``q = p/(p-1)`` the conjugate exponent used by the normalised step.
+
+Range handling.  The dual variable lives in a floating dtype ``D`` at least as wide as
+float32, the parameter in its own dtype ``P``.  The inverse map is clamped to the largest
+finite value of ``P`` (so an overflow of :math:`|\theta|^e` never writes ``inf``), and the
+mirror map used at (re)synchronisation is clamped to the finite range of ``D``.  An
+underflow of :math:`|\theta|^e` gives ``0`` (or a subnormal), which is the correctly rounded
+answer whenever the true value is below the smallest representable one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnopt.mirror import dual_exponent, grad_psi, lp_norm
+
+__all__ = [
+    "default_dual_dtype",
+    "inverse_exponent",
+    "mirror_map",
+    "inverse_map_into",
+    "lq_scale",
+    "dual_decay_factor",
+]
+
+
+def inverse_exponent(p: float) -> float:
+    """``e = 1/(p-1)``, the exponent of the inverse mirror map."""
+    return 1.0 / (p - 1.0)
+
+
+def default_dual_dtype(param_dtype: torch.dtype, dual_dtype: torch.dtype | None = None) -> torch.dtype:
+    """The dtype of θ: ``dual_dtype`` if given, else the wider of the parameter dtype and float32."""
+    if dual_dtype is not None:
+        return dual_dtype
+    return torch.promote_types(param_dtype, torch.float32)
+
+
+def _finfo_max(dtype: torch.dtype) -> float:
+    return float(torch.finfo(dtype).max)
+
+
+def mirror_map(w: Tensor, p: float, dtype: torch.dtype) -> Tensor:
+    r"""A new tensor :math:`\theta = \nabla\psi(w) = \mathrm{sign}(w)|w|^{p-1}` in ``dtype``.
+
+    Computed in ``dtype`` and clamped to its finite range.  Cheap exponents take cheap
+    routes: p = 2 is a copy, p = 3 is ``w|w|``, p = 1.5 is ``sign(w)|w|^{1/2}``.
+    """
+    wd = w.detach().to(dtype)
+    if p == 2.0:
+        theta = wd.clone()
+    elif p == 3.0:
+        theta = wd * wd.abs()
+    elif p == 1.5:
+        theta = torch.copysign(wd.abs().sqrt_(), wd)
+    else:
+        theta = grad_psi(wd, p)
+    fmax = _finfo_max(dtype)
+    return theta.clamp_(-fmax, fmax)
+
+
+def inverse_map_into(theta: Tensor, e: float, out: Tensor) -> None:
+    r"""``out ← sign(θ)|θ|^e`` (the inverse map), clamped to ``out``'s finite range.
+
+    ``θ`` is left untouched.  e = 1 (p = 2) is a cast, e = 1/2 (p = 3) a square root,
+    e = 2 (p = 1.5) a square; any other exponent is one ``pow``.
+    """
+    omax = _finfo_max(out.dtype)
+    if e == 1.0:
+        if omax < _finfo_max(theta.dtype):
+            out.copy_(theta.clamp(-omax, omax))
+        else:
+            out.copy_(theta)
+        return
+    a = theta.abs()
+    if e == 0.5:
+        a.sqrt_()
+    elif e == 2.0:
+        a.square_()
+    else:
+        a.pow_(e)
+    if e > 1.0 or omax < _finfo_max(theta.dtype):
+        a.clamp_max_(omax)
+    if out.dtype == a.dtype:
+        torch.copysign(a, theta, out=out)
+    else:
+        out.copy_(a.copysign_(theta))
+
+
+def lq_scale(g: Tensor, p: float, eps: float, dtype: torch.dtype) -> Tensor:
+    r"""0-d tensor ``1 / (‖g‖_q + eps)`` with q = p/(p-1), or ``0`` when that denominator is 0.
+
+    The norm is taken over the whole flattened tensor in ``dtype`` (overflow-safe, see
+    :func:`attnopt.mirror.lp_norm`), so a zero gradient gives a zero step, never NaN.
+    """
+    q = dual_exponent(p)
+    n = lp_norm(g.detach().to(dtype), q)
+    den = n + eps
+    return torch.where(den > 0, den.reciprocal(), torch.zeros_like(den))
+
+
+def dual_decay_factor(lr: float, weight_decay: float, p: float) -> float:
+    r"""Dual image of the decoupled weight decay ``w ← c w`` with ``c = 1 - lr·weight_decay``.
+
+    Because :math:`\nabla\psi(c w) = \mathrm{sign}(c)|c|^{p-1}\nabla\psi(w)`, shrinking the
+    primal by ``c`` is exactly scaling θ by ``sign(c)|c|^{p-1}`` — no resynchronisation.
+    """
+    c = 1.0 - lr * weight_decay
+    if c == 0.0:
+        return 0.0
+    return (1.0 if c > 0 else -1.0) * abs(c) ** (p - 1.0)

@@ -1,0 +1,540 @@
+r"""ℓp mirror descent (ℓp-AttGD) as a :class:`torch.optim.Optimizer`.
+
+With the entrywise potential :math:`\psi(w) = \frac1p\sum_j|w_j|^p` the step is
+
+.. math::
+    W^+ = \nabla\psi^*\big(\nabla\psi(W) - \eta\, g\big),\qquad
+    \nabla\psi(w) = \mathrm{sign}(w)|w|^{p-1},\quad
+    \nabla\psi^*(\theta) = \mathrm{sign}(\theta)|\theta|^{1/(p-1)}.
+
+The optimizer keeps the dual variable :math:`\theta = \nabla\psi(W)` as state, so a step is
+``θ ← θ − η g; W ← ∇ψ*(θ)``: one power per element instead of two, and low-precision
+parameters do not lose small updates (θ accumulates them in float32 or wider).
+
+Layout follows :mod:`torch.optim.sgd`: :class:`MirrorDescent` validates hyper-parameters
+and owns the state; :func:`mirror_descent` is the functional core, which dispatches to a
+single-tensor, a foreach (``torch._foreach_*``), a compiled (``torch.compile``) or a fused
+(Triton, CUDA) implementation.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from itertools import chain
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from attnopt.mirror import check_p
+from attnopt.optim._math import (
+    default_dual_dtype,
+    dual_decay_factor,
+    inverse_exponent,
+    inverse_map_into,
+    lq_scale,
+    mirror_map,
+)
+
+__all__ = ["MirrorDescent", "mirror_descent", "NonFiniteGradientError", "NONFINITE_MODES"]
+
+#: Accepted values of ``nonfinite``.
+NONFINITE_MODES = ("raise", "skip", "ignore")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient contained NaN or ±inf and ``nonfinite="raise"`` was set."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_real(name: str, value: Any, *, low: float | None = None, low_open: bool = False,
+                high: float | None = None, high_open: bool = False) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number or a 1-element tensor, got shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"Invalid {name}: {value!r} (must be finite)")
+    if low is not None and (v < low or (low_open and v == low)):
+        rel = ">" if low_open else ">="
+        raise ValueError(f"Invalid {name}: {value!r} (must be {rel} {low})")
+    if high is not None and (v > high or (high_open and v == high)):
+        rel = "<" if high_open else "<="
+        raise ValueError(f"Invalid {name}: {value!r} (must be {rel} {high})")
+    return v
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """Validate (and normalise to floats) the hyper-parameters of one parameter group."""
+    group["lr"] = _check_real("learning rate (lr)", group["lr"], low=0.0)
+    try:
+        group["p"] = check_p(group["p"])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"Invalid p: {group['p']!r} (must be a finite number > 1)") from exc
+    group["eps"] = _check_real("eps", group["eps"], low=0.0)
+    group["momentum"] = _check_real("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
+    group["weight_decay"] = _check_real("weight_decay", group["weight_decay"], low=0.0)
+    dd = group["dual_dtype"]
+    if dd is not None and (not isinstance(dd, torch.dtype) or not dd.is_floating_point):
+        raise TypeError(f"dual_dtype must be a floating torch.dtype or None, got {dd!r}")
+    for flag in ("normalize", "maximize"):
+        if not isinstance(group[flag], bool):
+            raise TypeError(f"{flag} must be a bool, got {group[flag]!r}")
+    chosen = [k for k in ("foreach", "fused", "compiled") if group[k]]
+    if len(chosen) > 1:
+        raise ValueError(f"at most one of foreach/fused/compiled may be True, got {', '.join(chosen)}")
+    for param in group["params"]:
+        if not param.is_floating_point():
+            raise TypeError(f"MirrorDescent needs floating-point parameters, got {param.dtype}")
+    if group["fused"]:
+        try:
+            from attnopt.optim import _triton
+        except ImportError as exc:
+            raise RuntimeError(
+                "MirrorDescent(fused=True) needs Triton and CUDA parameters (pip install "
+                "'attnopt[triton]'); Triton is not installed. Use foreach=True, or compiled=True on CPU."
+            ) from exc
+        _triton.check_fused_supported(group["params"])
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+class MirrorDescent(Optimizer):
+    r"""ℓp mirror descent (ℓp-AttGD), optionally normalised, with momentum and weight decay.
+
+    For each parameter :math:`w` with gradient :math:`\nabla L` (negated if ``maximize``):
+
+    .. math::
+        \begin{aligned}
+        g &\leftarrow \nabla L / (\|\nabla L\|_q + \epsilon) &&\text{if normalize }(q = p/(p-1)\text{, whole tensor; }0/0 \to 0)\\
+        m &\leftarrow \mu m + g,\quad d \leftarrow m &&\text{if momentum }\mu > 0\text{, else } d \leftarrow g\\
+        \theta &\leftarrow \mathrm{sign}(c)|c|^{p-1}\,\theta - \eta\, d,\quad c = 1 - \eta\lambda
+            &&\text{(decoupled weight decay: } w \leftarrow c\,w\text{ in the dual)}\\
+        w &\leftarrow \nabla\psi^*(\theta) = \mathrm{sign}(\theta)|\theta|^{1/(p-1)}
+        \end{aligned}
+
+    with :math:`\theta = \nabla\psi(w) = \mathrm{sign}(w)|w|^{p-1}` kept as optimizer state.
+    ``p = 2`` is :class:`torch.optim.SGD`: the plain step equals SGD to rounding, and so does
+    weight decay without momentum (SGD's L2 term ``w − η(g + λw)`` equals the decoupled
+    shrink ``(1 − ηλ)w − ηg``).  Momentum accumulates the (normalised) gradient like SGD's
+    buffer with ``dampening=0``; combined with weight decay it differs from SGD, whose buffer
+    also accumulates ``λw`` (ours is decoupled, as in SGDW/AdamW).
+
+    Args:
+        params: iterable of parameters or dicts defining parameter groups; any option
+            below except ``nonfinite`` may be set per group.
+        lr (float): step size η ≥ 0.  Read from the group at every step, so LR schedulers work.
+        p (float): exponent of the potential, finite and > 1 (numerically tested on [1.01, 10]).
+        normalize (bool): divide each tensor's gradient by its ℓq norm, q = p/(p−1)
+            (the normalised ℓp-AttGD of the spec).  Default: False.
+        eps (float): ε ≥ 0 added to the ℓq norm.  Default: 0 (a zero gradient still gives
+            a zero step, not NaN).
+        momentum (float): μ in [0, 1), momentum of the dual step.  Default: 0.
+        weight_decay (float): λ ≥ 0, decoupled weight decay ``w ← (1 − ηλ) w`` applied
+            exactly in the dual (θ is multiplied by ``sign(c)|c|^{p−1}``).  Default: 0.
+        maximize (bool): ascend instead of descend.  Default: False.
+        foreach (bool, optional): use the ``torch._foreach_*`` implementation.  Default
+            (None): as torch does — on when every parameter is on a foreach-capable device
+            (CUDA and the like), the single-tensor loop otherwise (CPU).
+        fused (bool, optional): use the fused Triton kernel (CUDA parameters, ``triton``
+            installed: ``pip install "attnopt[triton]"``).  Default: off.
+        compiled (bool, optional): run the step as one ``torch.compile``'d graph (Inductor;
+            on CPU a single fused C++ loop, the fastest CPU path).  The first step of each
+            new shape/dtype/option combination compiles (tens of seconds).  Default: off.
+        dual_dtype (torch.dtype, optional): dtype of θ (and of the momentum buffer).
+            Default: the wider of the parameter dtype and float32.
+        nonfinite (str): what a NaN/inf gradient does: ``"raise"`` (default) raises
+            :class:`NonFiniteGradientError` naming the parameter and step, before anything
+            is written; ``"skip"`` skips the whole step (no parameter or state changes) and
+            counts it in ``skipped_steps``; ``"ignore"`` does not check (saves one read of
+            the gradients and one host synchronisation per step; NaN then propagates into
+            the weights as with :class:`torch.optim.SGD`).
+
+    State.  ``state[param]`` holds ``"dual"`` (θ; absent when p = 2 and θ would have the
+    parameter's own dtype, where θ ≡ w), ``"dual_p"`` (the p that θ was built for) and
+    ``"momentum_buffer"`` (when μ > 0).  Each group counts ``"step"`` (applied steps) and
+    ``"skipped_steps"``.  θ is resynchronised from the weights (θ = ∇ψ(w)) when a parameter
+    was changed outside the optimizer: the tensor's version counter is compared with the one
+    recorded after the optimizer's own write, and when it moved (e.g. ``model.load_state_dict``,
+    an in-place ``mul_``) only the entries whose weight no longer equals ∇ψ*(θ) are
+    resynchronised; an external edit that restores the same values keeps θ.
+
+    Numerics.  The inverse map is clamped to the parameter dtype's finite range and the
+    mirror map to the dual dtype's, so no power over/underflow produces inf or NaN.  For
+    p ≤ 2, float32 θ covers every float32/bfloat16 weight; for p > 2, ∇ψ spreads |w| over
+    (p−1) times as many decades, so weights beyond ``finfo(dual).max**(1/(p−1))`` (1.9e4 at
+    p = 10) or below ``finfo(dual).tiny**(1/(p−1))`` lose accuracy — a warning is raised at
+    resynchronisation; use ``dual_dtype=torch.float64``.  With a float32 θ the weights'
+    relative resolution is about ``6e-8/(p−1)`` (6e-6 at p = 1.01), inherent to storing θ in
+    float32; float64 θ removes it.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        p: float,
+        normalize: bool = False,
+        eps: float = 0.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        *,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        compiled: bool | None = None,
+        dual_dtype: torch.dtype | None = None,
+        nonfinite: str = "raise",
+        maximize: bool = False,
+    ) -> None:
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"Invalid nonfinite: {nonfinite!r} (expected one of {', '.join(map(repr, NONFINITE_MODES))})")
+        defaults = dict(
+            lr=lr, p=p, normalize=normalize, eps=eps, momentum=momentum, weight_decay=weight_decay,
+            maximize=maximize, foreach=foreach, fused=fused, compiled=compiled, dual_dtype=dual_dtype,
+        )
+        self.nonfinite = nonfinite
+        # id(param) -> param._version recorded right after the optimizer's own write
+        self._versions: dict[int, int] = {}
+        super().__init__(params, defaults)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("step", 0)
+        group.setdefault("skipped_steps", 0)
+        _check_group(group)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("nonfinite", "raise")
+        self._versions = {}
+        for group in self.param_groups:
+            group.setdefault("step", 0)
+            group.setdefault("skipped_steps", 0)
+            group.setdefault("compiled", None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["nonfinite"] = self.nonfinite
+        return state
+
+    @property
+    def skipped_steps(self) -> int:
+        """Number of steps skipped because of non-finite gradients (``nonfinite="skip"``)."""
+        return max((g.get("skipped_steps", 0) for g in self.param_groups), default=0)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load state; θ and momentum keep their saved dtype (torch would cast them to the param's)."""
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in state_dict["param_groups"]),
+                chain.from_iterable(g["params"] for g in self.param_groups),
+            )
+        )
+        for key, value in saved.items():
+            param = id_map.get(key)
+            if param is None:
+                continue
+            for name in ("dual", "momentum_buffer"):
+                if isinstance(value.get(name), Tensor):
+                    self.state[param][name] = value[name].to(device=param.device, copy=True)
+        self._versions.clear()  # the loaded θ is verified against the weights at the next step
+
+    # -- state sync ----------------------------------------------------------------------
+
+    def _sync_dual(self, param: Tensor, state: dict[str, Any], group: dict[str, Any], index: int) -> None:
+        """Make ``state["dual"]`` equal ∇ψ(param) wherever param was changed outside the optimizer."""
+        p = group["p"]
+        ddtype = default_dual_dtype(param.dtype, group["dual_dtype"])
+        if p == 2.0 and ddtype == param.dtype:  # θ ≡ w
+            state.pop("dual", None)
+            state["dual_p"] = p
+            return
+        theta = state.get("dual")
+        fresh = (
+            theta is None
+            or state.get("dual_p") != p
+            or theta.dtype != ddtype
+            or theta.shape != param.shape
+            or theta.device != param.device
+        )
+        if fresh:
+            state["dual"] = self._checked_mirror_map(param, p, ddtype, index)
+            state["dual_p"] = p
+            return
+        if self._versions.get(id(param)) == param._version:
+            return
+        # the weights may have changed: keep θ where ∇ψ*(θ) still reproduces them
+        back = torch.empty_like(param)
+        inverse_map_into(theta, inverse_exponent(p), back)
+        stale = back != param.detach()
+        if bool(stale.any()):
+            theta.copy_(torch.where(stale, self._checked_mirror_map(param, p, ddtype, index), theta))
+
+    def _checked_mirror_map(self, param: Tensor, p: float, dtype: torch.dtype, index: int) -> Tensor:
+        theta = mirror_map(param, p, dtype)
+        if p > 2.0:
+            fmax = float(torch.finfo(dtype).max)
+            w = param.detach()
+            lost = ((theta.abs() == fmax) | ((theta.abs() < torch.finfo(dtype).tiny) & (w != 0))).any()
+            if bool(lost):
+                warnings.warn(
+                    f"MirrorDescent: parameter {index} (shape {tuple(param.shape)}) has weights whose "
+                    f"mirror image |w|^(p-1) (p={p:g}) over- or underflows {dtype}; they will not come "
+                    "back exactly. Pass dual_dtype=torch.float64 to keep them.",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return theta
+
+    # -- step ----------------------------------------------------------------------------
+
+    def _init_group(self, group: dict[str, Any], start_index: int):
+        params, grads, duals, bufs = [], [], [], []
+        for offset, param in enumerate(group["params"]):
+            if param.grad is None:
+                continue
+            if param.grad.is_sparse:
+                raise RuntimeError("MirrorDescent does not support sparse gradients")
+            state = self.state[param]
+            self._sync_dual(param, state, group, start_index + offset)
+            params.append(param)
+            grads.append(param.grad)
+            duals.append(state.get("dual"))
+            if group["momentum"] != 0.0:
+                buf = state.get("momentum_buffer")
+                ddtype = default_dual_dtype(param.dtype, group["dual_dtype"])
+                if buf is None or buf.shape != param.shape or buf.dtype != ddtype:
+                    buf = torch.zeros_like(param, dtype=ddtype, memory_format=torch.preserve_format)
+                    state["momentum_buffer"] = buf
+                bufs.append(buf)
+            else:
+                bufs.append(None)
+        return params, grads, duals, bufs
+
+    def _find_nonfinite(self) -> tuple[int, int, Tensor] | None:
+        """Precise (slow) scan: (group index, global param index, param) of the first bad gradient."""
+        index = 0
+        for gi, group in enumerate(self.param_groups):
+            for param in group["params"]:
+                if param.grad is not None and not bool(torch.isfinite(param.grad).all()):
+                    return gi, index, param
+                index += 1
+        return None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Perform one optimization step.
+
+        Args:
+            closure (Callable, optional): re-evaluates the model and returns the loss.
+
+        Returns:
+            the closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        batches = []
+        start = 0
+        for group in self.param_groups:
+            batches.append(self._init_group(group, start))
+            start += len(group["params"])
+
+        if self.nonfinite != "ignore":
+            all_grads = [g for (_, grads, _, _) in batches for g in grads]
+            # one host synchronisation per step (per device); a false alarm (a finite sum that
+            # overflowed) is cleared by the precise scan below
+            if all_grads and not _gradients_look_finite(all_grads):
+                bad = self._find_nonfinite()
+                if bad is not None:
+                    gi, index, param = bad
+                    step_no = self.param_groups[gi]["step"] + self.param_groups[gi]["skipped_steps"] + 1
+                    if self.nonfinite == "raise":
+                        raise NonFiniteGradientError(
+                            f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} "
+                            f"(param_groups[{gi}], shape {tuple(param.shape)}, dtype {param.dtype}) at step "
+                            f"{step_no}; nothing was updated. Pass nonfinite='skip' to skip such steps."
+                        )
+                    for group in self.param_groups:
+                        group["skipped_steps"] += 1
+                    return loss
+
+        for group, (params, grads, duals, bufs) in zip(self.param_groups, batches):
+            if params:
+                mirror_descent(
+                    params, grads, duals, bufs,
+                    lr=group["lr"], p=group["p"], normalize=group["normalize"], eps=group["eps"],
+                    momentum=group["momentum"], weight_decay=group["weight_decay"],
+                    maximize=group["maximize"], foreach=group["foreach"], fused=group["fused"],
+                    compiled=group["compiled"],
+                )
+                for param in params:
+                    self._versions[id(param)] = param._version
+            group["step"] += 1
+        return loss
+
+
+def _gradients_look_finite(grads: list[Tensor]) -> bool:
+    """True iff every gradient is finite, up to rare false alarms (False for finite gradients).
+
+    The plain sum of each gradient (accumulated in float32 or wider): NaN and ±inf propagate
+    through it, and a finite sum that overflows is a false alarm cleared by the caller's precise
+    scan.  This costs one read of the gradients; ``nonfinite="ignore"`` skips it.
+    """
+    per_device: dict[torch.device, list[Tensor]] = {}
+    for g in grads:
+        acc = torch.promote_types(g.dtype, torch.float32)
+        per_device.setdefault(g.device, []).append(g.sum(dtype=acc).to(torch.float64))
+    # one host synchronisation per device
+    return all(math.isfinite(torch.stack(v).sum().item()) for v in per_device.values())
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+def _default_foreach(params: list[Tensor]) -> bool:
+    from torch.optim.optimizer import _default_to_fused_or_foreach
+
+    if torch.jit.is_scripting():
+        return False
+    _, foreach = _default_to_fused_or_foreach(params, differentiable=False, use_fused=False)
+    return foreach
+
+
+def mirror_descent(
+    params: list[Tensor],
+    grads: list[Tensor],
+    duals: list[Tensor | None],
+    momentum_buffers: list[Tensor | None],
+    *,
+    lr: float,
+    p: float,
+    normalize: bool = False,
+    eps: float = 0.0,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    compiled: bool | None = None,
+) -> None:
+    r"""Functional ℓp mirror-descent step (see :class:`MirrorDescent` for the update).
+
+    ``duals[i]`` is θ for ``params[i]`` (updated in place, then ``params[i] ← ∇ψ*(θ)``), or
+    None when the parameter is its own dual (p = 2).  ``momentum_buffers[i]`` must be a
+    tensor of θ's dtype when ``momentum > 0`` (a None entry is replaced by a new zero buffer).
+    No hyper-parameter validation happens here; :class:`MirrorDescent` does it.
+    """
+    if not params:
+        return
+    if foreach is None and fused is None and compiled is None:
+        foreach = _default_foreach(params)
+    if momentum != 0.0:
+        for i, buf in enumerate(momentum_buffers):
+            if buf is None:
+                theta = duals[i] if duals[i] is not None else params[i]
+                momentum_buffers[i] = torch.zeros_like(theta)
+    if fused:
+        from attnopt.optim._triton import fused_mirror_descent as func
+    elif compiled:
+        from attnopt.optim._compiled import compiled_mirror_descent as func
+    elif foreach:
+        func = _multi_tensor_mirror_descent
+    else:
+        func = _single_tensor_mirror_descent
+    func(
+        params, grads, duals, momentum_buffers,
+        lr=float(lr), p=float(p), normalize=normalize, eps=float(eps), momentum=float(momentum),
+        weight_decay=float(weight_decay), maximize=maximize,
+    )
+
+
+def _single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
+                                  momentum, weight_decay, maximize) -> None:
+    e = inverse_exponent(p)
+    alpha = lr if maximize else -lr  # θ ← θ + alpha·d
+    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
+    for param, grad, theta, buf in zip(params, grads, duals, momentum_buffers):
+        own = theta is None
+        if own:
+            theta = param
+        scale = lq_scale(grad, p, eps, theta.dtype) if normalize else None
+        if momentum != 0.0:
+            buf.mul_(momentum)
+            if scale is None:
+                buf.add_(grad)
+            else:
+                buf.addcmul_(grad, scale)
+            d, scale = buf, None
+        else:
+            d = grad
+        if decay != 1.0:
+            theta.mul_(decay)
+        if scale is None:
+            theta.add_(d, alpha=alpha)
+        else:
+            theta.addcmul_(d, scale, value=alpha)
+        if not own:
+            inverse_map_into(theta, e, param)
+
+
+def _multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
+                                 momentum, weight_decay, maximize) -> None:
+    e = inverse_exponent(p)
+    alpha = lr if maximize else -lr
+    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
+    own = [d is None for d in duals]
+    thetas = [p_ if o else d for p_, d, o in zip(params, duals, own)]
+    groups: dict[tuple, list[int]] = {}
+    for i, (param, theta) in enumerate(zip(params, thetas)):
+        groups.setdefault((param.device, param.dtype, theta.dtype, own[i]), []).append(i)
+    for (_, pdtype, ddtype, is_own), idx in groups.items():
+        d_params = [params[i] for i in idx]
+        d_grads = [grads[i] for i in idx]
+        d_thetas = [thetas[i] for i in idx]
+        scales = [lq_scale(g, p, eps, ddtype) for g in d_grads] if normalize else None
+        if momentum != 0.0:
+            d_bufs = [momentum_buffers[i] for i in idx]
+            torch._foreach_mul_(d_bufs, momentum)
+            if scales is None:
+                torch._foreach_add_(d_bufs, d_grads)
+            else:
+                torch._foreach_addcmul_(d_bufs, d_grads, scales)
+            direction, scales = d_bufs, None
+        else:
+            direction = d_grads
+        if decay != 1.0:
+            torch._foreach_mul_(d_thetas, decay)
+        if scales is None:
+            torch._foreach_add_(d_thetas, direction, alpha=alpha)
+        else:
+            torch._foreach_addcmul_(d_thetas, direction, scales, value=alpha)
+        if is_own:
+            continue
+        omax = float(torch.finfo(pdtype).max)
+        mags = torch._foreach_abs(d_thetas)
+        if e == 0.5:
+            torch._foreach_sqrt_(mags)
+        elif e == 2.0:
+            torch._foreach_mul_(mags, mags)
+        elif e != 1.0:
+            torch._foreach_pow_(mags, e)
+        if e > 1.0 or omax < float(torch.finfo(ddtype).max):
+            torch._foreach_clamp_max_(mags, omax)
+        torch._foreach_mul_(mags, torch._foreach_sign(d_thetas))
+        torch._foreach_copy_(d_params, mags)

@@ -1,0 +1,115 @@
+"""The compiled (torch.compile) and fused (Triton) paths agree with the eager ones.
+
+Compilation is slow on a small CPU, so the compiled path is exercised on few graphs: one
+with every option on (general exponent), and one optimizer whose groups take the sqrt,
+square and p = 2 routes.  The Triton kernel runs in Triton's CPU interpreter
+(``TRITON_INTERPRET=1``) in a subprocess, skipped when Triton is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from attnopt.mirror import lp_norm
+from attnopt.optim import MirrorDescent
+
+sys.path.insert(0, os.path.dirname(__file__))
+from test_optim import dual_tolerance, grads_like, make_params, reference_step  # noqa: E402
+
+
+def _run(params, steps, groups=None, **kw):
+    opt = MirrorDescent(params if groups is None else groups, **kw)
+    for k in range(steps):
+        for x, g in zip(params, grads_like(params, seed=100 + k)):
+            x.grad = g
+        opt.step()
+    return opt
+
+
+def test_compiled_general_exponent_all_options():
+    kw = dict(lr=0.02, p=1.3, normalize=True, momentum=0.5, weight_decay=0.1)
+    a = make_params((33, 17), (5,))
+    b = make_params((33, 17), (5,))
+    _run(a, 3, compiled=True, **kw)
+    _run(b, 3, foreach=False, **kw)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-8)
+
+
+def test_compiled_one_step_against_float64():
+    p, lr = 1.75, 0.01
+    params = make_params((40, 30))
+    w0 = params[0].detach().clone()
+    g = grads_like(params)[0]
+    params[0].grad = g.clone()
+    MirrorDescent(params, lr=lr, p=p, compiled=True).step()
+    ref, _ = reference_step(w0, g, lr=lr, p=p)
+    tol = dual_tolerance(ref, w0, lr * g.double(), p)
+    assert bool(((params[0].detach().double() - ref).abs() <= tol).all())
+
+
+@pytest.mark.slow
+def test_compiled_cheap_exponents_and_p2():
+    groups = lambda ps: [{"params": [x], "p": p} for x, p in zip(ps, (3.0, 1.5, 2.0))]  # noqa: E731
+    a = make_params((9, 8), (7,), (6,))
+    b = make_params((9, 8), (7,), (6,))
+    _run(a, 2, groups(a), lr=0.05, p=1.5, compiled=True)
+    _run(b, 2, groups(b), lr=0.05, p=1.5, foreach=False)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=2e-6, atol=1e-7)
+
+
+_TRITON_SCRIPT = textwrap.dedent(
+    """
+    import warnings, torch
+    warnings.simplefilter("ignore")
+    from attnopt.optim import MirrorDescent
+    from test_optim import grads_like, make_params
+
+    def run(params, **kw):
+        opt = MirrorDescent(params, **kw)
+        for k in range(3):
+            for x, g in zip(params, grads_like(params, seed=k)):
+                x.grad = g
+            opt.step()
+        return opt
+
+    configs = [
+        dict(lr=0.02, p=1.3),
+        dict(lr=0.02, p=3.0, normalize=True, momentum=0.9, weight_decay=0.1),
+        dict(lr=0.02, p=1.5, maximize=True),
+        dict(lr=0.02, p=2.0, momentum=0.5),
+    ]
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        for kw in configs:
+            a = make_params((70, 30), (1500,), (3,), dtype=dtype)  # several blocks, ragged tails
+            b = make_params((70, 30), (1500,), (3,), dtype=dtype)
+            oa = run(a, fused=True, **kw)
+            run(b, foreach=False, **kw)
+            rtol = {torch.float32: 3e-6, torch.bfloat16: 1e-2, torch.float64: 1e-12}[dtype]
+            for x, y in zip(a, b):
+                atol = {torch.float32: 1e-7, torch.bfloat16: 1e-6, torch.float64: 1e-14}[dtype]
+                torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
+            if kw["p"] != 2.0 or dtype == torch.bfloat16:
+                assert oa.state[a[0]]["dual"].dtype == torch.promote_types(dtype, torch.float32)
+    print("TRITON-OK")
+    """
+)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernel_in_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    here = os.path.dirname(__file__)
+    env["PYTHONPATH"] = os.pathsep.join([here] + [x for x in [env.get("PYTHONPATH")] if x])
+    out = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "TRITON-OK" in out.stdout
