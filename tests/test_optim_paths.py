@@ -2,7 +2,7 @@
 
 Compilation is slow on a small CPU, so the compiled path is exercised on few graphs: one
 with every option on (general exponent), and one optimizer whose groups take the sqrt,
-square and p = 2 routes.  The Triton kernel runs in Triton's CPU interpreter
+integer-power, half-integer-power and p = 2 routes.  The Triton kernel runs in Triton's CPU interpreter
 (``TRITON_INTERPRET=1``) in a subprocess, skipped when Triton is not installed.
 """
 
@@ -56,10 +56,10 @@ def test_compiled_one_step_against_float64():
 
 
 @pytest.mark.slow
-def test_compiled_cheap_exponents_and_p2():
-    groups = lambda ps: [{"params": [x], "p": p} for x, p in zip(ps, (3.0, 1.5, 2.0))]  # noqa: E731
-    a = make_params((9, 8), (7,), (6,))
-    b = make_params((9, 8), (7,), (6,))
+def test_compiled_sqrt_integer_halfinteger_exponents_and_p2():
+    groups = lambda ps: [{"params": [x], "p": p} for x, p in zip(ps, (3.0, 1.1, 1.4, 2.0))]  # noqa: E731
+    a = make_params((9, 8), (7,), (5, 2), (6,))
+    b = make_params((9, 8), (7,), (5, 2), (6,))
     _run(a, 2, groups(a), lr=0.05, p=1.5, compiled=True)
     _run(b, 2, groups(b), lr=0.05, p=1.5, foreach=False)
     for x, y in zip(a, b):
@@ -113,3 +113,25 @@ def test_triton_kernel_in_interpreter():
                          timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "TRITON-OK" in out.stdout
+
+
+@pytest.mark.parametrize("p", [1.1, 1.3])
+def test_compiled_extreme_weights_and_zeros(p):
+    mags = torch.logspace(-30, 3, 34, dtype=torch.float64)
+    w = torch.nn.Parameter(torch.cat([mags, -mags, torch.zeros(2, dtype=torch.float64)]).float())
+    w0 = w.detach().clone()
+    opt = MirrorDescent([w], lr=0.1, p=p, compiled=True)
+    w.grad = torch.zeros_like(w)
+    opt.step()  # zero gradient: the weights come back, zeros stay zeros
+    rel = (w.detach().double() - w0.double()).abs() / w0.double().abs().clamp_min(1e-300)
+    # float32 θ resolution amplified by e = 1/(p-1), plus exp(e·log|θ|)'s |log w|·2^-24
+    bound = 4 * 2.0**-24 * (1.0 / (p - 1.0) + w0.double().abs().clamp_min(1e-300).log().abs())
+    assert bool((rel <= bound).all())
+    assert torch.equal(w.detach()[-2:], torch.zeros(2))
+    big = torch.finfo(torch.float32).max
+    with torch.no_grad():
+        w[0] = big / 2
+    w.grad = torch.linspace(-1, 1, w.numel()) * 1e-3
+    w.grad[0] = -1e30  # pushes w[0] past float32's range: clamped, not inf
+    opt.step()
+    assert bool(torch.isfinite(w).all()) and w[0].item() == big

@@ -4,8 +4,9 @@ On CPU, Inductor turns the graph into one vectorised C++ loop per tensor that re
 once and writes θ and w once, with no temporaries.  The general power is computed as
 ``exp(e·log|θ|)`` (two cheap vectorised transcendental calls instead of ``pow``'s
 extended-precision routine); this adds a relative error of about ``|log w|·2^-24`` to w,
-below float32 θ's own resolution ``2^-24/(p-1)`` for typical weights.  p = 3 (e = 1/2) uses a
-square root, p = 1.5 (e = 2) a square.
+below float32 θ's own resolution ``2^-24/(p-1)`` for typical weights.  Integer and
+half-integer e (p = 1.1, 1.01, 1.25, 1.5, 3, 1.4, ...) use multiplications and at most one
+square root instead (see :func:`attnopt.optim._math.classify_exponent`).
 
 Scalars (step size, decay factor, exponents) are passed as one small tensor so that LR
 schedules and different p do not trigger recompilation; what does recompile is a new set of
@@ -20,14 +21,9 @@ import torch
 from torch import Tensor
 
 from attnopt.mirror import dual_exponent
-from attnopt.optim._math import dual_decay_factor, inverse_exponent
+from attnopt.optim._math import classify_exponent, dual_decay_factor, int_power, inverse_exponent
 
-__all__ = ["compiled_mirror_descent", "exponent_kind"]
-
-
-def exponent_kind(e: float) -> str:
-    """Which code the inverse map |θ|^e takes: identity, sqrt, square or the general exp/log."""
-    return {1.0: "identity", 0.5: "sqrt", 2.0: "square"}.get(e, "general")
+__all__ = ["compiled_mirror_descent"]
 
 
 def _step_graph(
@@ -37,6 +33,7 @@ def _step_graph(
     bufs: list[Tensor],
     scalars: Tensor,
     kind: str,
+    n: int,
     own: bool,
     normalize: bool,
     has_momentum: bool,
@@ -73,6 +70,10 @@ def _step_graph(
             mag = a * a
         elif kind == "identity":
             mag = a
+        elif kind == "int":
+            mag = int_power(a, n)
+        elif kind == "halfint":
+            mag = int_power(a, n) * a.sqrt()
         else:
             mag = torch.exp(e * torch.log(a))
         if kind != "sqrt":
@@ -88,7 +89,7 @@ def _compiled_graph():
 def compiled_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                             momentum, weight_decay, maximize) -> None:
     e = inverse_exponent(p)
-    kind = exponent_kind(e)
+    kind, n = classify_exponent(e)
     decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
     alpha = lr if maximize else -lr
     q = dual_exponent(p)
@@ -105,7 +106,7 @@ def compiled_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, no
             with torch._dynamo.config.patch(recompile_limit=64):
                 fn(
                     [params[i] for i in idx], [grads[i] for i in idx], thetas, bufs, scalars,
-                    kind, own, normalize, momentum != 0.0, decay != 1.0,
+                    kind, n, own, normalize, momentum != 0.0, decay != 1.0,
                     float(torch.finfo(pdtype).max), float(torch.finfo(ddtype).max),
                 )
         except Exception as exc:  # the toolchain, not the maths: say so

@@ -20,6 +20,8 @@ from torch import Tensor
 from attnopt.mirror import dual_exponent, grad_psi, lp_norm
 
 __all__ = [
+    "classify_exponent",
+    "int_power",
     "default_dual_dtype",
     "inverse_exponent",
     "mirror_map",
@@ -32,6 +34,50 @@ __all__ = [
 def inverse_exponent(p: float) -> float:
     """``e = 1/(p-1)``, the exponent of the inverse mirror map."""
     return 1.0 / (p - 1.0)
+
+
+#: Largest integer (or half-integer) exponent computed by repeated multiplication.
+MAX_INT_EXPONENT = 128
+
+
+def classify_exponent(e: float) -> tuple[str, int]:
+    """How |θ|^e is computed: ``("identity"|"sqrt"|"square"|"int"|"halfint"|"general", n)``.
+
+    ``int``: e = n (p = 1 + 1/n: 1.1, 1.01, 1.25, ...) by repeated squaring; ``halfint``:
+    e = n + 1/2 (p = 3, 5/3, 1.4, ...) as ``sqrt(a)·a^n``.  A ratio within 1e-9 of such a value
+    counts (1/(1.1 − 1) is 9.999999999999991 in floating point); the difference is far below
+    float64 resolution of the result.
+    """
+    if e == 1.0:
+        return "identity", 1
+    for kind, shift in (("int", 0.0), ("halfint", 0.5)):
+        n = round(e - shift)
+        if 0 <= n <= MAX_INT_EXPONENT and abs(e - shift - n) <= 1e-9 * e:
+            if kind == "int" and n == 2:
+                return "square", 2
+            if kind == "halfint" and n == 0:
+                return "sqrt", 0
+            if kind == "int" and n >= 2 or kind == "halfint":
+                return kind, n
+    return "general", 0
+
+
+def int_power(a: Tensor, n: int) -> Tensor:
+    """``a**n`` for an int n >= 0 by binary exponentiation (new tensor; a is not modified).
+
+    For |a| < 1 every partial product is at least the result, so nothing underflows before
+    the result does; for |a| > 1 an overflow means the result overflows too.
+    """
+    result = None
+    base = a
+    while True:
+        if n & 1:
+            result = base if result is None else result * base
+        n >>= 1
+        if not n:
+            break
+        base = base * base
+    return torch.ones_like(a) if result is None else (result.clone() if result is a else result)
 
 
 def default_dual_dtype(param_dtype: torch.dtype, dual_dtype: torch.dtype | None = None) -> torch.dtype:
@@ -71,17 +117,22 @@ def inverse_map_into(theta: Tensor, e: float, out: Tensor) -> None:
     e = 2 (p = 1.5) a square; any other exponent is one ``pow``.
     """
     omax = _finfo_max(out.dtype)
-    if e == 1.0:
+    if e == 1.0:  # p = 2
         if omax < _finfo_max(theta.dtype):
             out.copy_(theta.clamp(-omax, omax))
         else:
             out.copy_(theta)
         return
     a = theta.abs()
-    if e == 0.5:
+    kind, n = classify_exponent(e)
+    if kind == "sqrt":
         a.sqrt_()
-    elif e == 2.0:
+    elif kind == "square":
         a.square_()
+    elif kind == "int":
+        a = int_power(a, n)
+    elif kind == "halfint":
+        a = int_power(a, n).mul_(a.sqrt_())
     else:
         a.pow_(e)
     if e > 1.0 or omax < _finfo_max(theta.dtype):

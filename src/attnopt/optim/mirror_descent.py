@@ -30,7 +30,9 @@ from torch.optim.optimizer import Optimizer
 
 from attnopt.mirror import check_p
 from attnopt.optim._math import (
+    classify_exponent,
     default_dual_dtype,
+    int_power,
     dual_decay_factor,
     inverse_exponent,
     inverse_map_into,
@@ -166,6 +168,11 @@ class MirrorDescent(Optimizer):
     recorded after the optimizer's own write, and when it moved (e.g. ``model.load_state_dict``,
     an in-place ``mul_``) only the entries whose weight no longer equals ∇ψ*(θ) are
     resynchronised; an external edit that restores the same values keeps θ.
+
+    Cost.  Each step reads g and θ and writes θ and w; the inverse map costs one power per
+    element for a general p, but only multiplications for p = 1 + 1/n (1.5, 1.25, 1.1, 1.01),
+    multiplications and one square root when 1/(p−1) = n + ½ (p = 3, 5/3, 1.4), and nothing
+    for p = 2.  See docs/optim_benchmark.md for measured step times of each path.
 
     Numerics.  The inverse map is clamped to the parameter dtype's finite range and the
     mirror map to the dual dtype's, so no power over/underflow produces inf or NaN.  For
@@ -527,12 +534,18 @@ def _multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, 
         if is_own:
             continue
         omax = float(torch.finfo(pdtype).max)
+        kind, n = classify_exponent(e)
         mags = torch._foreach_abs(d_thetas)
-        if e == 0.5:
+        if kind == "sqrt":
             torch._foreach_sqrt_(mags)
-        elif e == 2.0:
+        elif kind == "square":
             torch._foreach_mul_(mags, mags)
-        elif e != 1.0:
+        elif kind in ("int", "halfint"):
+            roots = torch._foreach_sqrt(mags) if kind == "halfint" else None
+            mags = [int_power(m, n) for m in mags]
+            if roots is not None:
+                torch._foreach_mul_(mags, roots)
+        elif kind != "identity":
             torch._foreach_pow_(mags, e)
         if e > 1.0 or omax < float(torch.finfo(ddtype).max):
             torch._foreach_clamp_max_(mags, omax)
