@@ -439,8 +439,10 @@ def demo_cmd(
 
 
 # Command groups from the other experiment families (their modules import heavy code lazily).
+from attnopt.convex.cli import app as _convex_app  # noqa: E402
 from attnopt.imdb_cli import app as _imdb_app  # noqa: E402
 
+app.add_typer(_convex_app, name="convex")
 app.add_typer(_imdb_app, name="imdb")
 
 if __name__ == "__main__":  # pragma: no cover
