@@ -11,7 +11,7 @@ result carries a :class:`Certificate` computed from the solution and multipliers
 
 from attnopt.svm.api import att_svm, att_svm_nuclear, decoder_svm
 from attnopt.svm.optimality import OptimalityReport, alpha_from_softmax, token_optimality
-from attnopt.svm.problem import Certificate, SVMInfeasibleError, SVMResult
+from attnopt.svm.problem import Certificate, SVMInfeasibleError, SVMInputTypeError, SVMResult
 
 __all__ = [
     "att_svm",
@@ -22,5 +22,6 @@ __all__ = [
     "SVMResult",
     "Certificate",
     "SVMInfeasibleError",
+    "SVMInputTypeError",
     "OptimalityReport",
 ]

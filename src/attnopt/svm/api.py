@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any, Optional
 
 import numpy as np
@@ -21,12 +19,12 @@ from attnopt.svm.problem import (
     make_result,
 )
 
-DEFAULT_ACTIVE_TOL = 1e-5
+DEFAULT_ACTIVE_TOL = 1e-4
 DEFAULT_VIOL_TOL = 1e-7
 
 
 def _solve(prob: Problem, solver: str, tol: float, max_iter: Optional[int], device, active_tol: float,
-           viol_tol: float, time_limit: Optional[float] = None) -> SVMResult:
+           viol_tol: float, time_limit: Optional[float] = None, threads: Optional[int] = None) -> SVMResult:
     solver = check_solver(solver)
     tol = check_tol(tol)
     active_tol = check_tol(active_tol, "active_tol")
@@ -46,7 +44,7 @@ def _solve(prob: Problem, solver: str, tol: float, max_iter: Optional[int], devi
                            solver="cvxpy-clarabel", active_tol=active_tol, viol_tol=viol_tol)
     from attnopt.svm.fast import solve_fast
 
-    out = solve_fast(prob, tol=tol, max_iter=max_iter, device=device, time_limit=time_limit)
+    out = solve_fast(prob, tol=tol, max_iter=max_iter, device=device, time_limit=time_limit, threads=threads)
     if out.status == "infeasible":
         raise explain_infeasibility(prob)
     if out.W is None:  # never found a point with all margins positive: infeasible, or out of budget
@@ -63,7 +61,7 @@ def _solve(prob: Problem, solver: str, tol: float, max_iter: Optional[int], devi
 def att_svm(X: Any, Z: Any, alpha: Any, p: float, neighbors: Any = None, solver: str = "auto", tol: float = 1e-6,
             max_iter: Optional[int] = None, device=None, *, nuclear: bool = False,
             active_tol: float = DEFAULT_ACTIVE_TOL, viol_tol: float = DEFAULT_VIOL_TOL,
-            time_limit: Optional[float] = None) -> SVMResult:
+            time_limit: Optional[float] = None, threads: Optional[int] = None) -> SVMResult:
     r"""Solve the ℓp-AttSVM ``min ‖W‖_p s.t. (x_{iα_i} − x_{it})ᵀ W z_i ≥ 1``.
 
     Parameters
@@ -82,28 +80,31 @@ def att_svm(X: Any, Z: Any, alpha: Any, p: float, neighbors: Any = None, solver:
     active_tol : constraint (i, t) is reported active when its margin is ≤ 1 + active_tol.
     viol_tol : ``converged`` also needs the returned W to violate no constraint by more.
     time_limit : wall-clock budget in seconds for the fast solver (status "time_limit" when hit).
+    threads : torch intra-op threads for the fast solver's torch backend (default 1 on CPU).
 
     Raises
     ------
     SVMInfeasibleError (a ValueError) naming the infeasible samples in ``.samples``;
-    ValueError / TypeError for malformed input.
+    ValueError for malformed input (input of the wrong kind, e.g. non-integer alpha, raises
+    SVMInputTypeError, which is both a ValueError and a TypeError).
     """
     if nuclear:
         return att_svm_nuclear(X, Z, alpha, p=p, neighbors=neighbors, solver=solver, tol=tol, max_iter=max_iter,
                                active_tol=active_tol, viol_tol=viol_tol)
     prob = att_problem(X, Z, alpha, p, neighbors)
-    return _solve(prob, solver, tol, max_iter, device, active_tol, viol_tol, time_limit)
+    return _solve(prob, solver, tol, max_iter, device, active_tol, viol_tol, time_limit, threads)
 
 
 def decoder_svm(X: Any, Y: Any, alpha: Any, p: float, solver: str = "auto", tol: float = 1e-6,
                 max_iter: Optional[int] = None, device=None, *, active_tol: float = DEFAULT_ACTIVE_TOL,
-                viol_tol: float = DEFAULT_VIOL_TOL, time_limit: Optional[float] = None) -> SVMResult:
+                viol_tol: float = DEFAULT_VIOL_TOL, time_limit: Optional[float] = None,
+                threads: Optional[int] = None) -> SVMResult:
     r"""Solve the decoder ℓp-SVM ``min ‖v‖_p s.t. Y_i x_{iα_i}ᵀ v ≥ 1`` (n constraints, d variables).
 
     ``active``, ``margins`` and ``dual`` of the result are (n,) arrays.
     """
     prob = decoder_problem(X, Y, alpha, p)
-    return _solve(prob, solver, tol, max_iter, device, active_tol, viol_tol, time_limit)
+    return _solve(prob, solver, tol, max_iter, device, active_tol, viol_tol, time_limit, threads)
 
 
 def att_svm_nuclear(X: Any, Z: Any, alpha: Any, p: float = 2.0, neighbors: Any = None, solver: str = "auto",

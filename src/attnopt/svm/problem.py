@@ -38,6 +38,10 @@ from attnopt.mirror import check_p, dual_exponent, lp_norm
 SOLVERS = ("auto", "fast", "cvxpy")
 
 
+class SVMInputTypeError(ValueError, TypeError):
+    """Malformed input of the wrong kind (e.g. non-integer alpha): both a ValueError and a TypeError."""
+
+
 class SVMInfeasibleError(ValueError):
     """The SVM has no feasible point.  ``.samples`` lists the sample indices responsible."""
 
@@ -112,25 +116,25 @@ def _to_numpy(x: Any, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.is_complex():
-            raise TypeError(f"{name} must be real, got a complex tensor")
+            raise SVMInputTypeError(f"{name} must be real, got a complex tensor")
         if x.dtype == torch.bool:
             x = x.to(torch.int64)
         return x.numpy() if not x.is_floating_point() or x.dtype == torch.float64 else x.to(torch.float64).numpy()
     try:
         arr = np.asarray(x)
     except Exception as exc:  # pragma: no cover - defensive
-        raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
+        raise SVMInputTypeError(f"{name} must be array-like, got {type(x).__name__}") from exc
     if arr.dtype == object:
-        raise TypeError(f"{name} must be a numeric array, got an object array (ragged input?)")
+        raise SVMInputTypeError(f"{name} must be a numeric array, got an object array (ragged input?)")
     if np.iscomplexobj(arr):
-        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+        raise SVMInputTypeError(f"{name} must be real, got complex dtype {arr.dtype}")
     return arr
 
 
 def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:
     arr = _to_numpy(x, name)
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer) or arr.dtype == bool):
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+        raise SVMInputTypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
@@ -145,12 +149,13 @@ def as_alpha(alpha: Any, n: int, T: int) -> np.ndarray:
     if arr.ndim != 1 or arr.shape[0] != n:
         raise ValueError(f"alpha must have shape ({n},) (one selected token per sample), got shape {arr.shape}")
     if arr.dtype == bool:
-        raise TypeError("alpha must hold integer token indices, got booleans")
+        raise SVMInputTypeError("alpha must hold integer token indices, got booleans")
     if np.issubdtype(arr.dtype, np.floating):
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise TypeError(f"alpha must hold integer token indices, got non-integer values {arr[arr != np.round(arr)][:5]}")
+            bad_vals = arr[~np.isfinite(arr) | (arr != np.round(arr))][:5]
+            raise SVMInputTypeError(f"alpha must hold integer token indices, got non-integer values {bad_vals}")
     elif not np.issubdtype(arr.dtype, np.integer):
-        raise TypeError(f"alpha must hold integer token indices, got dtype {arr.dtype}")
+        raise SVMInputTypeError(f"alpha must hold integer token indices, got dtype {arr.dtype}")
     a = arr.astype(np.int64)
     bad = np.flatnonzero((a < 0) | (a >= T))
     if bad.size:
@@ -180,8 +185,11 @@ def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndar
         mask = np.ones((n, T), dtype=bool)
         mask[np.arange(n), alpha] = False
         return mask
-    if isinstance(neighbors, (np.ndarray, torch.Tensor)) and _to_numpy(neighbors, "neighbors").dtype == bool:
-        mask = _to_numpy(neighbors, "neighbors").astype(bool)
+    is_bool = (isinstance(neighbors, torch.Tensor) and neighbors.dtype == torch.bool) or (
+        isinstance(neighbors, np.ndarray) and neighbors.dtype == bool)
+    if is_bool:
+        mask = np.asarray(neighbors.detach().cpu().numpy() if isinstance(neighbors, torch.Tensor) else neighbors,
+                          dtype=bool)
         if mask.shape != (n, T):
             raise ValueError(f"a boolean neighbors mask must have shape ({n}, {T}), got {mask.shape}")
         bad = np.flatnonzero(mask[np.arange(n), alpha])
@@ -191,7 +199,8 @@ def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndar
     try:
         seq = list(neighbors)
     except TypeError:
-        raise TypeError("neighbors must be None, an (n, T) boolean mask, or a sequence of n index collections") from None
+        raise SVMInputTypeError(
+            "neighbors must be None, an (n, T) boolean mask, or a sequence of n index collections") from None
     if len(seq) != n:
         raise ValueError(f"neighbors must hold one index collection per sample (n={n}), got {len(seq)}")
     mask = np.zeros((n, T), dtype=bool)
@@ -204,10 +213,11 @@ def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndar
             raise ValueError(f"neighbors[{i}] must be a 1-D collection of token indices, got shape {idx.shape}")
         if idx.dtype == bool or not (np.issubdtype(idx.dtype, np.integer) or (
             np.issubdtype(idx.dtype, np.floating) and np.all(idx == np.round(idx)))):
-            raise TypeError(f"neighbors[{i}] must hold integer token indices, got {idx!r}")
+            raise SVMInputTypeError(f"neighbors[{i}] must hold integer token indices, got {idx!r}")
         idx = idx.astype(np.int64)
         if np.any((idx < 0) | (idx >= T)):
-            raise ValueError(f"neighbors[{i}] has token indices out of range 0..{T - 1}: {idx[(idx < 0) | (idx >= T)].tolist()}")
+            out = idx[(idx < 0) | (idx >= T)].tolist()
+            raise ValueError(f"neighbors[{i}] has token indices out of range 0..{T - 1}: {out}")
         if np.any(idx == alpha[i]):
             raise ValueError(f"neighbors[{i}] contains the selected token alpha[{i}] = {int(alpha[i])}")
         mask[i, idx] = True
@@ -284,9 +294,16 @@ class Problem:
         return out
 
 
+def _check_p(p) -> float:
+    try:
+        return check_p(p)
+    except TypeError as exc:
+        raise SVMInputTypeError(str(exc)) from None
+
+
 def att_problem(X, Z, alpha, p, neighbors=None) -> Problem:
     """Validate the ℓp-AttSVM inputs and assemble the packed constraints (vectorised)."""
-    p = check_p(p)
+    p = _check_p(p)
     X = as_float_array(X, "X", 3)
     n, T, d = X.shape
     if n == 0:
@@ -310,7 +327,7 @@ def att_problem(X, Z, alpha, p, neighbors=None) -> Problem:
 
 def decoder_problem(X, Y, alpha, p) -> Problem:
     """Validate the decoder ℓp-SVM inputs: constraints Y_i x_{iα_i}ᵀ v ≥ 1."""
-    p = check_p(p)
+    p = _check_p(p)
     X = as_float_array(X, "X", 3)
     n, T, d = X.shape
     if n == 0:
@@ -391,8 +408,11 @@ def certify(prob: Problem, W: np.ndarray, lam: np.ndarray, *, tol: float, viol_t
     else:
         lam_s = np.zeros_like(lam)
         dual = 0.0
-    gap = primal - dual
-    rel_gap = gap / primal if primal > 0 else (0.0 if gap == 0 else math.inf)
+    if float(margins.min()) > 0:
+        gap = primal - dual
+        rel_gap = gap / primal if primal > 0 else math.inf
+    else:  # W could not be rescaled to feasibility: no upper bound, no gap
+        gap = rel_gap = math.inf
     if max_violation > viol_tol:
         rel_gap_ok = False
     else:
@@ -414,6 +434,8 @@ def make_result(prob: Problem, W: np.ndarray, lam: np.ndarray, *, tol: float, st
                        solver=solver, converged=bool(stats["converged"]))
     if status == "optimal" and not cert.converged:
         status = "inaccurate"
+    elif cert.converged and status in ("stalled", "inaccurate"):
+        status = "optimal"  # stopped on its own with the certificate within tolerance
     active_k = margins <= 1.0 + active_tol
     return SVMResult(
         solution=W,

@@ -10,11 +10,15 @@ rescaled to ``W / min margin``).
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Optional
 
 import numpy as np
 
 from attnopt.svm.problem import Problem, SVMInfeasibleError
+
+#: largest dense constraint matrix the reference solver will build (8 bytes per entry)
+MAX_DENSE_ENTRIES = 2e8
 
 _STATUS = {"optimal": "optimal", "optimal_inaccurate": "inaccurate"}
 
@@ -35,6 +39,11 @@ def solve_cvxpy(prob: Problem, *, nuclear: bool = False, tol: float = 1e-8, max_
     solver reports infeasibility.
     """
     cp = _cvxpy()
+    entries = prob.m * int(np.prod(prob.shape))
+    if entries > MAX_DENSE_ENTRIES:
+        raise ValueError(
+            f"solver='cvxpy' would build a dense {prob.m} x {int(np.prod(prob.shape))} constraint matrix "
+            f"({entries:.2e} entries > {MAX_DENSE_ENTRIES:.0e}); use solver='fast' for problems this large")
     M = prob.dense()
     nvar = int(np.prod(prob.shape))
     w = cp.Variable(nvar)
@@ -52,7 +61,10 @@ def solve_cvxpy(prob: Problem, *, nuclear: bool = False, tol: float = 1e-8, max_
             kw["max_iter"] = int(max_iter)
     t0 = time.perf_counter()
     try:
-        problem.solve(solver=cvx_solver, verbose=verbose, **kw)
+        with warnings.catch_warnings():
+            # "Solution may be inaccurate": reported through the status ("inaccurate") instead
+            warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+            problem.solve(solver=cvx_solver, verbose=verbose, **kw)
     except cp.error.SolverError as exc:
         raise RuntimeError(f"cvxpy/{cvx_solver} failed: {exc}") from exc
     elapsed = time.perf_counter() - t0
