@@ -60,6 +60,41 @@ class FistaResult:
     history: list[dict]
 
 
+def prox_gradient_step(prob, prox, y: torch.Tensor, Py: torch.Tensor, Lc: float, slack: float):
+    """One backtracking proximal-gradient step from ``y`` (shared by every FISTA solver here).
+
+    ``prob`` supplies ``predict``, ``adjoint``, ``Y`` and ``loss``; ``prox(V, step)`` is the
+    proximal map of ``step`` times the penalty.  ``Lc`` doubles until the quadratic upper bound
+    ``f(x) ≤ f(y) + ⟨∇f(y), x − y⟩ + (Lc/2)‖x − y‖²`` holds (with ``slack`` relative room for
+    rounding).  Returns ``(x, predict(x), f(x), Lc)``.
+    """
+    fy = loss_value(Py, prob.Y, prob.loss)
+    g = prob.adjoint(loss_grad(Py, prob.Y, prob.loss))
+    while True:
+        x_new = prox(y - g / Lc, 1.0 / Lc)
+        Px_new = prob.predict(x_new)
+        f_new = loss_value(Px_new, prob.Y, prob.loss)
+        diff = x_new - y
+        bound = fy + (g * diff).sum() + 0.5 * Lc * (diff * diff).sum()
+        if f_new <= bound + slack * abs(float(bound)):
+            return x_new, Px_new, f_new, Lc
+        Lc *= 2.0
+
+
+def momentum_step(x_new, Px_new, x, Px, y, t: float, restart: bool = True):
+    """FISTA extrapolation with gradient-based adaptive restart (O'Donoghue–Candès).
+
+    Returns ``(y, predict(y), t_new, restarted)``; predictions are extrapolated alongside the
+    iterates (the data operator is linear), so no extra ``predict`` is needed.
+    """
+    restarted = bool(restart and float(((y - x_new) * (x_new - x)).sum()) > 0)
+    if restarted:
+        t = 1.0
+    t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+    mom = (t - 1.0) / t_new
+    return x_new + mom * (x_new - x), Px_new + mom * (Px_new - Px), t_new, restarted
+
+
 def solve_fista(
     problem: ConvexProblem,
     tol: float = 1e-8,
@@ -122,25 +157,11 @@ def solve_fista(
     it = 0
     while not converged and it < max_iter:
         it += 1
-        fy = loss_value(Py, prob.Y, prob.loss)
-        g = prob.adjoint(loss_grad(Py, prob.Y, prob.loss))
-        while True:
-            x_new = group_soft_threshold(y - g / Lc, beta / Lc)
-            Px_new = prob.predict(x_new)
-            f_new = loss_value(Px_new, prob.Y, prob.loss)
-            diff = x_new - y
-            bound = fy + (g * diff).sum() + 0.5 * Lc * (diff * diff).sum()
-            if f_new <= bound + slack * abs(float(bound)):
-                break
-            Lc *= 2.0
-        if restart and float(((y - x_new) * (x_new - x)).sum()) > 0:
-            t = 1.0
-            restarts += 1
-        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        mom = (t - 1.0) / t_new
-        y = x_new + mom * (x_new - x)
-        Py = Px_new + mom * (Px_new - Px)
-        x, Px, fx, t = x_new, Px_new, f_new, t_new
+        x_new, Px_new, f_new, Lc = prox_gradient_step(
+            prob, lambda V, step: group_soft_threshold(V, beta * step), y, Py, Lc, slack)
+        y, Py, t, restarted = momentum_step(x_new, Px_new, x, Px, y, t, restart)
+        restarts += restarted
+        x, Px, fx = x_new, Px_new, f_new
         rec = None
         if it % check_every == 0 or it == max_iter:
             info = prob.dual(x, Px)

@@ -47,6 +47,7 @@ from attnopt.convex.programs import (
     loss_smoothness,
     loss_value,
 )
+from attnopt.convex.fista import momentum_step, prox_gradient_step
 
 
 @dataclasses.dataclass
@@ -205,24 +206,10 @@ def solve_sequence_fista(problem: SequenceProblem, tol: float = 1e-8, max_iter: 
     converged = info["rel_gap"] <= tol
     while not converged and it < max_iter:
         it += 1
-        fy = loss_value(Py, p.Y, p.loss)
-        gr = p.adjoint(loss_grad(Py, p.Y, p.loss))
-        while True:
-            x_new = prox_row_max_l1_nonneg(y - gr / Lc, p.beta / Lc)
-            Px_new = p.predict(x_new)
-            f_new = loss_value(Px_new, p.Y, p.loss)
-            diff = x_new - y
-            bound = fy + (gr * diff).sum() + 0.5 * Lc * (diff * diff).sum()
-            if f_new <= bound + slack * abs(float(bound)):
-                break
-            Lc *= 2.0
-        if float(((y - x_new) * (x_new - x)).sum()) > 0:
-            t = 1.0
-        t_new = 0.5 * (1 + math.sqrt(1 + 4 * t * t))
-        mom = (t - 1) / t_new
-        y = x_new + mom * (x_new - x)
-        Py = Px_new + mom * (Px_new - Px)
-        x, Px, t = x_new, Px_new, t_new
+        x_new, Px_new, _, Lc = prox_gradient_step(
+            p, lambda V, step: prox_row_max_l1_nonneg(V, p.beta * step), y, Py, Lc, slack)
+        y, Py, t, _ = momentum_step(x_new, Px_new, x, Px, y, t)
+        x, Px = x_new, Px_new
         if it % check_every == 0:
             info = p.dual(x, Px)
             converged = info["rel_gap"] <= tol
