@@ -184,6 +184,18 @@ def _path_axes(ax, path: np.ndarray, ray: np.ndarray, label: str, c, names: tupl
     ax.legend(fontsize=8)
 
 
+def _curves_axes(ax, curves: Mapping[str, tuple], colors: Sequence, ylabel: str) -> None:
+    """Plain per-label curves ``label -> (iterations, values)`` on a log iteration axis."""
+    for (label, (k, v)), c in zip(curves.items(), colors):
+        ax.plot(_xpos(k), v, color=c, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("iteration k")
+    ax.set_ylabel(ylabel)
+    ax.set_title(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
 def path_figure(paths: Mapping[str, tuple[np.ndarray, np.ndarray]], max_softmax: Mapping[str, tuple],
                 loss: Mapping[str, tuple], *, entries=((1, 2), (3, 4)), title: str = ""):
     """One path panel per p (iterate vs SVM ray), then max-softmax and loss vs iteration."""
@@ -195,17 +207,8 @@ def path_figure(paths: Mapping[str, tuple[np.ndarray, np.ndarray]], max_softmax:
     for ax, ((label, (path, ray)), c) in zip(axes[:n], zip(paths.items(), cols)):
         _path_axes(ax, path, ray, label, c, names)
         ax.set_title(f"{label}: path vs ℓp-AttSVM ray")
-    for (label, (k, v)), c in zip(max_softmax.items(), cols):
-        axes[n].plot(_xpos(k), v, color=c, label=label)
-    for (label, (k, v)), c in zip(loss.items(), cols):
-        axes[n + 1].plot(_xpos(k), v, color=c, label=label)
-    for ax, yl in ((axes[n], "mean max softmax probability"), (axes[n + 1], "logistic loss")):
-        ax.set_xscale("log")
-        ax.set_xlabel("iteration k")
-        ax.set_ylabel(yl)
-        ax.set_title(yl)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    _curves_axes(axes[n], max_softmax, cols, "mean max softmax probability")
+    _curves_axes(axes[n + 1], loss, cols, "logistic loss")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -224,17 +227,8 @@ def joint_figure(w_paths: Mapping[str, tuple[np.ndarray, np.ndarray]], v_paths: 
     for j, ((label, (path, ray)), c) in enumerate(zip(v_paths.items(), cols)):
         _path_axes(axes[1, j], path[:, :2], ray[:, :2], label, c, ("v[0]", "v[1]"))
         axes[1, j].set_title(f"{label}: v vs ℓp-SVM ray")
-    for (label, (k, v)), c in zip(max_softmax.items(), cols):
-        axes[0, n].plot(_xpos(k), v, color=c, label=label)
-    for (label, (k, v)), c in zip(logistic.items(), cols):
-        axes[1, n].plot(_xpos(k), v, color=c, label=label)
-    for ax, yl in ((axes[0, n], "mean max softmax probability"), (axes[1, n], "mean logistic probability σ(Y f)")):
-        ax.set_xscale("log")
-        ax.set_xlabel("iteration k")
-        ax.set_ylabel(yl)
-        ax.set_title(yl)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+    _curves_axes(axes[0, n], max_softmax, cols, "mean max softmax probability")
+    _curves_axes(axes[1, n], logistic, cols, "mean logistic probability σ(Y f)")
     fig.suptitle("E2: joint ℓp-JointGD on the two-sample instance")
     fig.tight_layout()
     return fig
