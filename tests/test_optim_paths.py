@@ -99,6 +99,23 @@ _TRITON_SCRIPT = textwrap.dedent(
                 torch.testing.assert_close(x, y, rtol=rtol, atol=atol)
             if kw["p"] != 2.0 or dtype == torch.bfloat16:
                 assert oa.state[a[0]]["dual"].dtype == torch.promote_types(dtype, torch.float32)
+    # the plan (device tables of addresses) is reused across steps and rebuilt when needed:
+    # an in-place edit from outside, a parameter whose gradient comes and goes
+    a = make_params((40, 30), (7,))
+    b = make_params((40, 30), (7,))
+    oa = MirrorDescent(a, lr=0.02, p=1.3, fused=True)
+    ob = MirrorDescent(b, lr=0.02, p=1.3, foreach=False)
+    for k in range(6):
+        for params in (a, b):
+            for j, (x, g) in enumerate(zip(params, grads_like(params, seed=20 + k))):
+                x.grad = None if (j == 1 and k == 2) else g
+            if k == 4:
+                with torch.no_grad():
+                    params[0].mul_(0.5)
+        oa.step()
+        ob.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
     print("TRITON-OK")
     """
 )

@@ -16,7 +16,6 @@ Triton is optional: importing this module without it raises a clear ImportError,
 
 from __future__ import annotations
 
-import functools
 import os
 import struct
 
@@ -41,11 +40,10 @@ BLOCK = 1024
 _KINDS = {1.0: 0, 0.5: 1, 2.0: 2}  # identity, sqrt, square; anything else: 3 (general power)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+#: Triton's CPU interpreter (``TRITON_INTERPRET=1``, read once at import, as Triton does).
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
-
-if not _interpreting():  # pragma: no cover - needs a GPU
+if not INTERPRETING:  # pragma: no cover - needs a GPU
     from triton.language.extra import libdevice as _libdevice
 else:
     _libdevice = None
@@ -127,68 +125,107 @@ _TL_DTYPES = {
 }
 
 
-@functools.lru_cache(maxsize=64)
-def _block_tables(counts: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per program: which tensor it works on and where its block starts (cached per shapes)."""
+def _block_tables(counts: tuple[int, ...]) -> tuple[list[int], list[int]]:
+    """Per program: which tensor it works on and where its block starts."""
     block_tensor, block_start = [], []
     for k, n in enumerate(counts):
         nb = triton.cdiv(n, BLOCK)
         block_tensor += [k] * nb
-        block_start += [j * BLOCK for j in range(nb)]
-    tab = torch.tensor(block_tensor + block_start, dtype=torch.int64, device=device)
-    return tab[: len(block_tensor)], tab[len(block_tensor):]
+        block_start += range(0, nb * BLOCK, BLOCK)
+    return block_tensor, block_start
 
 
 def check_fused_supported(params: list[Tensor]) -> None:
     """Raise a clear error unless the fused kernel can run on these parameters."""
-    if not _interpreting() and not torch.cuda.is_available():
+    if not INTERPRETING and not torch.cuda.is_available():
         raise RuntimeError("MirrorDescent(fused=True) needs CUDA (the fused path is a Triton GPU kernel); "
                            "use compiled=True on CPU")
     for param in params:
-        if param.dtype not in _TL_DTYPES:
-            raise RuntimeError(f"MirrorDescent(fused=True) does not support {param.dtype} parameters")
-        if not _interpreting() and param.device.type != "cuda":
-            raise RuntimeError(f"MirrorDescent(fused=True) needs CUDA parameters, got one on {param.device}")
+        _check_batch(param.device, param.dtype)
+
+
+def _check_batch(device: torch.device, dtype: torch.dtype) -> None:
+    if dtype not in _TL_DTYPES:
+        raise RuntimeError(f"MirrorDescent(fused=True) does not support {dtype} parameters")
+    if not INTERPRETING and device.type != "cuda":
+        raise RuntimeError(f"MirrorDescent(fused=True) needs CUDA parameters, got one on {device}")
+
+
+class FusedPlan:
+    """The step-invariant part of a fused step over one parameter list: the device/dtype
+    batches and, per batch, the sizes, block tables and addresses of w, θ and the momentum
+    buffers, uploaded to the device once.
+
+    :class:`~attnopt.optim.MirrorDescent` keeps one per parameter group and rebuilds it when
+    a parameter or its θ was replaced; a step then only uploads the gradient addresses (and
+    the scalars).  ``fused_mirror_descent`` without a plan builds a throw-away one.
+    """
+
+    __slots__ = ("ids", "momentum", "batches")
+
+    def __init__(self, params: list[Tensor], grads: list[Tensor], duals: list[Tensor | None],
+                 momentum_buffers: list[Tensor | None], momentum: bool) -> None:
+        self.ids = tuple(map(id, params))
+        self.momentum = momentum
+        groups: dict[tuple, list[int]] = {}
+        for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
+            own = theta is None
+            groups.setdefault((param.device, param.dtype, param.dtype if own else theta.dtype, grad.dtype, own),
+                              []).append(i)
+        self.batches = []
+        for (device, pdtype, ddtype, gdtype, own), idx in groups.items():
+            _check_batch(device, pdtype)
+            ws = [params[i] for i in idx]
+            ts = ws if own else [duals[i] for i in idx]
+            bs = [momentum_buffers[i] for i in idx] if momentum else None
+            for x in ws + ts + (bs or []):
+                if not x.is_contiguous():
+                    raise RuntimeError("MirrorDescent(fused=True) needs contiguous parameters")
+            counts = [x.numel() for x in ws]
+            block_tensor, block_start = _block_tables(tuple(counts))
+            tp = [x.data_ptr() for x in ts]
+            rows = block_tensor + block_start + counts + [x.data_ptr() for x in ws] + tp
+            rows += [x.data_ptr() for x in bs] if bs is not None else tp
+            tables = torch.tensor(rows, dtype=torch.int64, device=device)
+            nb, n = len(block_tensor), len(ws)
+            self.batches.append(((pdtype, ddtype, gdtype, own), idx, torch.split(tables, [nb, nb, n, n, n, n]),
+                                 device))
+
+    def matches(self, params: list[Tensor], momentum: bool) -> bool:
+        return self.momentum == momentum and self.ids == tuple(map(id, params))
 
 
 def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
-                         momentum, weight_decay, maximize) -> None:
-    check_fused_supported(params)
+                         momentum, weight_decay, maximize, plan: FusedPlan | None = None) -> None:
+    if not INTERPRETING and not torch.cuda.is_available():
+        check_fused_supported(params)
+    if plan is None:
+        plan = FusedPlan(params, grads, duals, momentum_buffers, momentum != 0.0)
     e = inverse_exponent(p)
     kind = _KINDS.get(e, 3)
     decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
     alpha = lr if maximize else -lr
-    batches: dict[tuple, list[int]] = {}
-    for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
-        t = param if theta is None else theta
-        batches.setdefault((param.device, param.dtype, t.dtype, grad.dtype, theta is None), []).append(i)
-    for (device, pdtype, ddtype, gdtype, own), idx in batches.items():
-        ws = [params[i] for i in idx]
-        gs = [grads[i] if grads[i].is_contiguous() else grads[i].contiguous() for i in idx]
-        ts = [params[i] if own else duals[i] for i in idx]
-        for x in ws + ts:
-            if not x.is_contiguous():
-                raise RuntimeError("MirrorDescent(fused=True) needs contiguous parameters")
-        bs = [momentum_buffers[i] for i in idx] if momentum != 0.0 else ts
-        scales = [lq_scale(g, p, eps, ddtype) for g in gs] if normalize else None
-        counts = tuple(x.numel() for x in ws)
-        bt, bst = _block_tables(counts, device)
-        nblocks, ntensors = bt.numel(), len(ws)
-        if nblocks == 0:
+    for (pdtype, ddtype, gdtype, own), idx, (bt, bst, nt, wp, tp, bp), device in plan.batches:
+        n, nb = nt.numel(), bt.numel()
+        if nb == 0:
             continue
-        # per-step tables in one host-to-device copy: numels, addresses, then the scalars
-        tables = list(counts)
-        for xs in (ws, gs, ts, bs, scales if scales is not None else ts):
-            tables += [x.data_ptr() for x in xs]
+        gs = [grads[i] for i in idx]
+        gs = [g if g.is_contiguous() else g.contiguous() for g in gs]
+        # per step, one small host-to-device copy: gradient addresses, scale addresses, scalars
         # omax: the parameter's largest finite value, capped at the dual's (a narrower dual
         # cannot exceed its own range anyway)
         omax = min(float(torch.finfo(pdtype).max), float(torch.finfo(ddtype).max))
-        tables += [_f64_bits(v) for v in (alpha, decay, e, momentum, omax, float(torch.finfo(ddtype).max))]
-        tab = torch.tensor(tables, dtype=torch.int64).to(device, non_blocking=True)
-        nt, wp, gp, tp, bp, sp, sc = torch.split(tab, [ntensors] * 6 + [6])
-        _md_kernel[(nblocks,)](
-            bt, bst, nt, wp, gp, tp, bp, sp, sc,
+        rows = [g.data_ptr() for g in gs]
+        if normalize:
+            scales = [lq_scale(g, p, eps, ddtype) for g in gs]
+            rows += [x.data_ptr() for x in scales]
+        rows += [_f64_bits(v) for v in (alpha, decay, e, momentum, omax, float(torch.finfo(ddtype).max))]
+        step_tab = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+        gp = step_tab[:n]
+        sp = step_tab[n:2 * n] if normalize else gp
+        _md_kernel[(nb,)](
+            bt, bst, nt, wp, gp, tp, bp, sp, step_tab[-6:],
             W_TY=_TL_DTYPES[pdtype], G_TY=_TL_DTYPES[gdtype], T_TY=_TL_DTYPES[ddtype],
-            KIND=kind, OWN=own, HAS_SCALE=scales is not None, HAS_MOMENTUM=momentum != 0.0,
-            HAS_DECAY=decay != 1.0, PRECISE=not _interpreting(), BLOCK=BLOCK,
+            KIND=kind, OWN=own, HAS_SCALE=normalize, HAS_MOMENTUM=momentum != 0.0,
+            HAS_DECAY=decay != 1.0, PRECISE=not INTERPRETING, BLOCK=BLOCK,
         )

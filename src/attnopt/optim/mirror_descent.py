@@ -208,8 +208,11 @@ class MirrorDescent(Optimizer):
             maximize=maximize, foreach=foreach, fused=fused, compiled=compiled, dual_dtype=dual_dtype,
         )
         self.nonfinite = nonfinite
-        # id(param) -> param._version recorded right after the optimizer's own write
-        self._versions: dict[int, int] = {}
+        # id(param) -> (param._version, param.data_ptr()) right after the optimizer's own write,
+        # id(group) -> (p, dual_dtype) of the last step
+        self._versions: dict[int, tuple[int, int]] = {}
+        self._group_settings: dict[int, tuple] = {}
+        self._fused_plans: dict[int, Any] = {}  # group index -> _triton.FusedPlan
         super().__init__(params, defaults)
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -225,6 +228,8 @@ class MirrorDescent(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "raise")
         self._versions = {}
+        self._group_settings = {}
+        self._fused_plans = {}
         for group in self.param_groups:
             group.setdefault("step", 0)
             group.setdefault("skipped_steps", 0)
@@ -258,6 +263,8 @@ class MirrorDescent(Optimizer):
                 if isinstance(value.get(name), Tensor):
                     self.state[param][name] = value[name].to(device=param.device, copy=True)
         self._versions.clear()  # the loaded θ is verified against the weights at the next step
+        self._group_settings.clear()
+        self._fused_plans.clear()
 
     # -- state sync ----------------------------------------------------------------------
 
@@ -281,12 +288,12 @@ class MirrorDescent(Optimizer):
             state["dual"] = self._checked_mirror_map(param, p, ddtype, index)
             state["dual_p"] = p
             return
-        if self._versions.get(id(param)) == param._version:
-            return
-        # the weights may have changed: keep θ where ∇ψ*(θ) still reproduces them
+        # the weights may have changed: keep θ where ∇ψ*(θ) still reproduces them (to within
+        # 2 ulp: the fused/compiled kernels and torch's pow may round the inverse map differently)
         back = torch.empty_like(param)
         inverse_map_into(theta, inverse_exponent(p), back)
-        stale = back != param.detach()
+        w = param.detach()
+        stale = ~((back - w).abs() <= 2.0 * torch.finfo(w.dtype).eps * w.abs())
         if bool(stale.any()):
             theta.copy_(torch.where(stale, self._checked_mirror_map(param, p, ddtype, index), theta))
 
@@ -310,15 +317,25 @@ class MirrorDescent(Optimizer):
 
     def _init_group(self, group: dict[str, Any], start_index: int):
         params, grads, duals, bufs = [], [], [], []
+        versions, all_state = self._versions, self.state
+        # θ may no longer match a weight when an in-place edit bumped its ``_version``, when
+        # ``param.data = …`` moved its ``data_ptr``, or when the group's p or dual dtype changed
+        settings = (group["p"], group["dual_dtype"])
+        changed = self._group_settings.get(id(group)) != settings
+        self._group_settings[id(group)] = settings
+        synced = False
         for offset, param in enumerate(group["params"]):
-            if param.grad is None:
+            grad = param.grad
+            if grad is None:
                 continue
-            if param.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError("MirrorDescent does not support sparse gradients")
-            state = self.state[param]
-            self._sync_dual(param, state, group, start_index + offset)
+            state = all_state[param]
+            if changed or versions.get(id(param)) != (param._version, param.data_ptr()):
+                self._sync_dual(param, state, group, start_index + offset)
+                synced = True
             params.append(param)
-            grads.append(param.grad)
+            grads.append(grad)
             duals.append(state.get("dual"))
             if group["momentum"] != 0.0:
                 buf = state.get("momentum_buffer")
@@ -329,7 +346,7 @@ class MirrorDescent(Optimizer):
                 bufs.append(buf)
             else:
                 bufs.append(None)
-        return params, grads, duals, bufs
+        return params, grads, duals, bufs, synced
 
     def _find_nonfinite(self) -> tuple[int, int, Tensor] | None:
         """Precise (slow) scan: (group index, global param index, param) of the first bad gradient."""
@@ -363,7 +380,7 @@ class MirrorDescent(Optimizer):
             start += len(group["params"])
 
         if self.nonfinite != "ignore":
-            all_grads = [g for (_, grads, _, _) in batches for g in grads]
+            all_grads = [g for (_, grads, _, _, _) in batches for g in grads]
             # one host synchronisation per step (per device); a false alarm (a finite sum that
             # overflowed) is cleared by the precise scan below
             if all_grads and not _gradients_look_finite(all_grads):
@@ -381,17 +398,30 @@ class MirrorDescent(Optimizer):
                         group["skipped_steps"] += 1
                     return loss
 
-        for group, (params, grads, duals, bufs) in zip(self.param_groups, batches):
+        for gi, (group, (params, grads, duals, bufs, synced)) in enumerate(zip(self.param_groups, batches)):
             if params:
-                mirror_descent(
-                    params, grads, duals, bufs,
-                    lr=group["lr"], p=group["p"], normalize=group["normalize"], eps=group["eps"],
-                    momentum=group["momentum"], weight_decay=group["weight_decay"],
-                    maximize=group["maximize"], foreach=group["foreach"], fused=group["fused"],
-                    compiled=group["compiled"],
-                )
-                for param in params:
-                    self._versions[id(param)] = param._version
+                hyper = dict(lr=group["lr"], p=group["p"], normalize=group["normalize"], eps=group["eps"],
+                             momentum=group["momentum"], weight_decay=group["weight_decay"],
+                             maximize=group["maximize"])
+                if group["fused"]:
+                    # the kernel writes through raw pointers: no _version bump, so the recorded
+                    # keys stay valid and the plan (device tables of w/θ addresses) is reused
+                    from attnopt.optim._triton import FusedPlan, fused_mirror_descent
+
+                    plan = self._fused_plans.get(gi)
+                    has_momentum = group["momentum"] != 0.0
+                    if synced or plan is None or not plan.matches(params, has_momentum):
+                        plan = self._fused_plans[gi] = FusedPlan(params, grads, duals, bufs, has_momentum)
+                        synced = True
+                    fused_mirror_descent(params, grads, duals, bufs, plan=plan, **hyper)
+                else:
+                    mirror_descent(params, grads, duals, bufs, foreach=group["foreach"], fused=False,
+                                   compiled=group["compiled"], **hyper)
+                    synced = True
+                if synced:
+                    versions = self._versions
+                    for param in params:
+                        versions[id(param)] = (param._version, param.data_ptr())
             group["step"] += 1
         return loss
 
@@ -399,16 +429,27 @@ class MirrorDescent(Optimizer):
 def _gradients_look_finite(grads: list[Tensor]) -> bool:
     """True iff every gradient is finite, up to rare false alarms (False for finite gradients).
 
-    The plain sum of each gradient (accumulated in float32 or wider): NaN and ±inf propagate
-    through it, and a finite sum that overflows is a false alarm cleared by the caller's precise
-    scan.  This costs one read of the gradients; ``nonfinite="ignore"`` skips it.
+    The sum of each gradient (of |g| on accelerators, where ``torch._foreach_norm(·, 1)``
+    does the whole list in a few kernel launches instead of one per tensor): NaN and ±inf
+    propagate through it, and a finite sum that overflows is a false alarm cleared by the
+    caller's precise scan.  This costs one read of the gradients and one host
+    synchronisation per device; ``nonfinite="ignore"`` skips it.
     """
-    per_device: dict[torch.device, list[Tensor]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for g in grads:
-        acc = torch.promote_types(g.dtype, torch.float32)
-        per_device.setdefault(g.device, []).append(g.sum(dtype=acc).to(torch.float64))
-    # one host synchronisation per device
-    return all(math.isfinite(torch.stack(v).sum().item()) for v in per_device.values())
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    per_device: dict[torch.device, list[Tensor]] = {}
+    for (device, dtype), gs in groups.items():
+        acc = torch.promote_types(dtype, torch.float32)
+        if device.type != "cpu" and hasattr(torch, "_foreach_norm"):
+            sums = torch.stack(torch._foreach_norm(gs, 1)).to(acc)
+        else:
+            sums = torch.stack([g.sum(dtype=acc) for g in gs])
+        per_device.setdefault(device, []).append(sums.to(torch.float64).sum())
+    for parts in per_device.values():
+        if not math.isfinite(torch.stack(parts).sum().item()):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- functional core
