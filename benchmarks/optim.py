@@ -16,10 +16,15 @@ less contention-sensitive figure on a shared machine.  Contenders:
   ``θ' = sign(w)|w|^{p-1} − ηg; w = sign(θ')|θ'|^{1/(p-1)}``;
 * ``single``, ``foreach``, ``compiled`` (and ``fused`` on CUDA) — :class:`MirrorDescent`
   paths, with the default non-finite check (``nonfinite="raise"``);
-* ``compiled/ignore`` — the compiled path without the non-finite check, to show its cost.
+* ``compiled/ignore`` (and ``fused/ignore``) — without the non-finite check, to show its cost;
+* ``fused-kernel`` (CUDA) — the fused kernel called directly with the optimizer's prepared
+  plan, without the per-step Python bookkeeping over every parameter (what the kernel reaches).
 
-On CUDA the script also reports achieved bandwidth of the fused step (bytes: read g, read θ,
-write θ, write w, at their dtypes) against a device-to-device copy and ``SGD(fused=True)``.
+On CUDA the script also reports the achieved bandwidth of the fused step (the bytes it must
+move: read g, read θ, write θ, write w, at their dtypes; the non-finite check's extra read of
+g is not counted, so it shows as lost bandwidth) against a device-to-device copy of the same
+number of float32 elements, and its time against ``SGD(fused=True)``.  ``--dtype bfloat16``
+times bf16 parameters and gradients (θ stays float32).
 """
 
 from __future__ import annotations
@@ -93,9 +98,24 @@ def contenders(shapes, device, dtype, p: float, lr: float):
             import triton  # noqa: F401
 
             out["fused"] = with_grads(ours(fused=True))
+            out["fused/ignore"] = with_grads(ours(fused=True, nonfinite="ignore"))
+            out["fused-kernel"] = with_grads(lambda ws, gs: kernel_only(ws, lr, p))
         except ImportError:
             print("  (triton not installed: no fused contender)", file=sys.stderr)
     return out
+
+
+def kernel_only(ws, lr: float, p: float):
+    """The fused kernel alone: the optimizer's per-step bookkeeping (resync checks over every
+    parameter) is done once, so this row shows what the kernel itself reaches."""
+    from attnopt.optim._triton import fused_mirror_descent
+
+    opt = MirrorDescent(ws, lr=lr, p=p, fused=True, nonfinite="ignore")
+    opt.step()  # builds θ and the plan
+    params, grads, duals, bufs, _ = opt._init_group(opt.param_groups[0], 0)
+    plan = opt._fused_plans[0]
+    return lambda: fused_mirror_descent(params, grads, duals, bufs, lr=lr, p=p, normalize=False, eps=0.0,
+                                        momentum=0.0, weight_decay=0.0, maximize=False, plan=plan)
 
 
 def time_round(fn, steps: int, device) -> float:
@@ -141,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=5, help="steps per round")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--only", nargs="*", help="restrict to these contenders (sgd-foreach always runs)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                    help="parameter and gradient dtype (the dual θ is float32 for the narrower ones)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = ap.parse_args(argv)
 
@@ -154,25 +176,28 @@ def main(argv=None) -> int:
 
     shapes = transformer_shapes(blocks=args.blocks)
     numel = sum(torch.Size(s).numel() for s in shapes)
-    print(f"# {numel / 1e6:.2f}M parameters in {len(shapes)} tensors, float32, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads")
+    dtype = getattr(torch, args.dtype)
+    print(f"# {numel / 1e6:.2f}M parameters in {len(shapes)} tensors, {args.dtype}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} CPU threads"
+          + "".join(f", {torch.cuda.get_device_name(d)}" for d in devices if d.type == "cuda"))
     rows = []
     for device in devices:
         for p in args.p:
             print(f"[{device.type}] p={p:g}", file=sys.stderr, flush=True)
-            med = bench(shapes, device, torch.float32, p, args.lr, args.rounds, args.steps, args.only)
+            med = bench(shapes, device, dtype, p, args.lr, args.rounds, args.steps, args.only)
             base, base_min = med["sgd-foreach"]
             for name, (t, t_min) in med.items():
                 rows.append((device.type, p, name, t * 1e3, t / base, t_min * 1e3, t_min / base_min))
-            if device.type == "cuda" and "fused" in med:
-                fused, sgd_fused = med["fused"][0], med["sgd-fused"][0]
-                moved = numel * (4 + 4 + 4 + 4)  # read g, read θ, write θ, write w (float32)
-                sgd_moved = numel * (4 + 4 + 4)  # read g, read w, write w
+            if device.type == "cuda" and "sgd-fused" in med:
+                b = torch.finfo(dtype).bits // 8
+                moved = numel * (b + 4 + 4 + b)  # read g, read θ (fp32), write θ, write w
+                sgd_moved = numel * 3 * b  # read g, read w, write w
                 bw = copy_bandwidth(numel, device)
-                print(f"cuda p={p:g}: fused {moved / fused / 1e9:.0f} GB/s "
-                      f"({moved / fused / bw:.0%} of copy {bw / 1e9:.0f} GB/s); "
-                      f"sgd-fused {sgd_moved / sgd_fused / 1e9:.0f} GB/s; "
-                      f"fused/sgd-fused time {fused / sgd_fused:.2f}x")
+                for name in [k for k in ("fused", "fused/ignore", "fused-kernel") if k in med]:
+                    t = med[name][0]
+                    print(f"cuda p={p:g} {name}: {moved / t / 1e9:.0f} GB/s = {moved / t / bw:.0%} of the "
+                          f"copy's {bw / 1e9:.0f} GB/s; time {t / med['sgd-fused'][0]:.2f}x sgd-fused "
+                          f"(sgd-fused: {sgd_moved / med['sgd-fused'][0] / 1e9:.0f} GB/s)")
     if args.markdown:
         print("| device | p | path | median ms/step | × SGD-foreach | min ms/step | min × SGD-foreach min |")
         print("|---|---|---|---:|---:|---:|---:|")
