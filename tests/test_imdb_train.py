@@ -119,6 +119,25 @@ def test_resume_is_bit_exact(easy_data, tmp_path):
 
 
 @needs_data
+def test_stop_file_finishes_cleanly_and_resume_continues(easy_data, tmp_path):
+    base = dict(TINY, optimizer="adam", lr=1e-3, seed=1)
+    out = tmp_path / "run"
+
+    def hook(epoch, step, loss):  # a user touching OUT/STOP during epoch 2
+        if (epoch, step) == (2, 1):
+            (out / imdb.STOP_FILE).touch()
+        return loss
+
+    s = train(TrainConfig(**base, max_epochs=5), out, data=easy_data, log=None, _loss_hook=hook)
+    assert s["epochs"] == 2 and s["stop_reason"] == "stop_file" and not s["running"]
+    assert _model_state(out)["epoch"] == 2
+    assert (out / "report.md").is_file() and json.loads((out / "summary.json").read_text())["stop_reason"] == "stop_file"
+    # resuming removes the stale STOP file and trains on to the epoch limit
+    s = train(TrainConfig(**base, max_epochs=4), out, data=easy_data, log=None)
+    assert s["epochs"] == 4 and s["stop_reason"] == "max_epochs" and not (out / imdb.STOP_FILE).exists()
+
+
+@needs_data
 @pytest.mark.parametrize("opt", ["sgd", "md"])
 def test_nan_loss_stops_cleanly_and_keeps_checkpoint(easy_data, tmp_path, opt):
     if opt == "md" and not HAVE_MD:

@@ -29,6 +29,7 @@ same output folder resumes exactly where it stopped.  A non-finite loss stops th
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -216,7 +217,8 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter],
     """The configured optimiser: plain ℓp mirror descent (no momentum / decay / schedule) or a baseline.
 
     For MD, ``md_impl`` picks the implementation of :class:`attnopt.optim.MirrorDescent`
-    (``auto``: torch's rule, foreach on GPU) and ``md_nonfinite`` its NaN-gradient check
+    (``auto``: the fused Triton kernel on a CUDA device when Triton is installed, else torch's
+    rule — foreach on GPU, single-tensor on CPU) and ``md_nonfinite`` its NaN-gradient check
     (``auto``: ``raise`` on CPU; ``ignore`` on GPU, where the check would cost a host
     synchronisation per step — the training loop's loss check then stops the run).
     """
@@ -229,6 +231,8 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter],
 
         impl = {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True},
                 "compiled": {"compiled": True}, "fused": {"fused": True}}[cfg.md_impl]
+        if cfg.md_impl == "auto" and on_gpu and importlib.util.find_spec("triton") is not None:
+            impl = {"fused": True}
         nonfinite = cfg.md_nonfinite if cfg.md_nonfinite != "auto" else ("ignore" if on_gpu else "raise")
         return MirrorDescent(params, lr=lr, p=cfg.p, normalize=cfg.md_normalize, weight_decay=wd,
                              nonfinite=nonfinite, **impl)
@@ -473,6 +477,9 @@ def _train(cfg, out, data, resume, progress, data_root, cache, log, loss_hook, d
     if len(data.train) == 0:
         raise ValueError("the training split is empty")
     run = RunDir(out) if rank0 else None
+    if rank0 and (out / STOP_FILE).exists():
+        (out / STOP_FILE).unlink()
+        say(f"removed {out / STOP_FILE} left from an earlier stop")
 
     # model + optimiser (identical init on every rank: same seed)
     _seed_everything(cfg.seed)
@@ -567,6 +574,8 @@ def _epochs(cfg, model, fwd, optimizer, data_gen, history, start_epoch, train_sp
             done = train_acc >= cfg.target_train_acc
             if done:
                 stop_reason = "target_train_acc"
+            elif _stop_requested(ckpt_path.parent, dist_info):
+                done, stop_reason = True, "stop_file"
             last = done or epoch + 1 == cfg.max_epochs
             if (epoch + 1) % cfg.checkpoint_every == 0 or last:
                 _save_checkpoint(ckpt_path, model, optimizer, data_gen, history, epoch + 1, cfg, device, dist_info,
@@ -579,6 +588,22 @@ def _epochs(cfg, model, fwd, optimizer, data_gen, history, start_epoch, train_sp
             if done:
                 break
     return stop_reason
+
+
+#: A file of this name in the run folder asks a running training to finish cleanly after the
+#: current epoch (checkpoint, summary and report written; ``--resume`` continues it later).
+STOP_FILE = "STOP"
+
+
+def _stop_requested(folder: Path, dist_info: _Dist) -> bool:
+    flag = torch.tensor([int((Path(folder) / STOP_FILE).exists())])
+    if dist_info.active:
+        import torch.distributed as dist
+
+        if dist.get_backend() == "nccl":
+            flag = flag.cuda()
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # every rank stops at the same epoch
+    return bool(flag.item())
 
 
 def train_step(fwd: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, y: torch.Tensor,
