@@ -399,6 +399,46 @@ def test_changing_p_of_a_group_rebuilds_dual():
     torch.testing.assert_close(w.detach(), ref, rtol=1e-12, atol=1e-300)
 
 
+@pytest.mark.parametrize("path", EAGER)
+def test_every_change_between_steps_is_seen(path):
+    """The per-group fast path (lists reused while nothing changed) must notice each way a
+    parameter can change between steps: ``.data`` replaced, an in-place edit, a gradient that
+    disappears or comes back, momentum switched on, a sparse gradient."""
+    a, b = make_params((6, 5), dtype=torch.float64), make_params((7,), dtype=torch.float64)
+    w, v = a[0], b[0]
+    opt = MirrorDescent([w, v], lr=0.05, p=1.5, **path)
+
+    def step_and_check(grads):
+        before = [x.detach().clone() for x in (w, v)]
+        for x, g in zip((w, v), grads):
+            x.grad = g
+        opt.step()
+        for x, x0, g in zip((w, v), before, grads):
+            want = x0 if g is None else reference_step(x0, g, lr=0.05, p=1.5)[0]
+            torch.testing.assert_close(x.detach(), want, rtol=1e-12, atol=1e-300)
+
+    g = lambda x, k: grads_like([x], seed=k)[0]  # noqa: E731
+    step_and_check([g(w, 1), g(v, 2)])
+    step_and_check([g(w, 3), g(v, 4)])  # the fast path
+    w.data = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)  # replaced, new shape
+    step_and_check([g(w, 5), g(v, 6)])
+    with torch.no_grad():
+        v.mul_(-2.0)  # in-place edit
+    step_and_check([g(w, 7), g(v, 8)])
+    step_and_check([g(w, 9), None])  # v's gradient disappears: v is left alone
+    step_and_check([g(w, 10), g(v, 11)])  # and comes back
+    opt.param_groups[0]["momentum"] = 0.5  # a buffer appears: the lists must be rebuilt
+    w.grad, v.grad = g(w, 12), g(v, 13)
+    opt.step()
+    assert set(opt.state[w]) >= {"dual", "momentum_buffer"}
+    opt.param_groups[0]["momentum"] = 0.0
+    w.grad, v.grad = g(w, 14), g(v, 15)
+    opt.step()
+    w.grad, v.grad = g(w, 16).to_sparse(), g(v, 17)
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
 # --------------------------------------------------------------------------- optimizer plumbing
 
 

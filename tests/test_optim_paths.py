@@ -112,6 +112,9 @@ _TRITON_SCRIPT = textwrap.dedent(
             if k == 4:
                 with torch.no_grad():
                     params[0].mul_(0.5)
+            if k == 5:
+                params[1].data = torch.linspace(-1, 1, 12).reshape(3, 4)  # replaced: new storage and shape
+                params[1].grad = grads_like([params[1]], seed=99)[0]
         oa.step()
         ob.step()
         for x, y in zip(a, b):

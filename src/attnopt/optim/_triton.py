@@ -161,11 +161,12 @@ class FusedPlan:
     the scalars).  ``fused_mirror_descent`` without a plan builds a throw-away one.
     """
 
-    __slots__ = ("ids", "momentum", "batches")
+    __slots__ = ("ids", "momentum", "batches", "source")
 
     def __init__(self, params: list[Tensor], grads: list[Tensor], duals: list[Tensor | None],
                  momentum_buffers: list[Tensor | None], momentum: bool) -> None:
         self.ids = tuple(map(id, params))
+        self.source = params  # the optimizer passes the same list object while nothing changed
         self.momentum = momentum
         groups: dict[tuple, list[int]] = {}
         for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
@@ -192,7 +193,7 @@ class FusedPlan:
                                  device))
 
     def matches(self, params: list[Tensor], momentum: bool) -> bool:
-        return self.momentum == momentum and self.ids == tuple(map(id, params))
+        return self.momentum == momentum and (params is self.source or self.ids == tuple(map(id, params)))
 
 
 def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
@@ -209,8 +210,9 @@ def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, norma
         n, nb = nt.numel(), bt.numel()
         if nb == 0:
             continue
-        gs = [grads[i] for i in idx]
-        gs = [g if g.is_contiguous() else g.contiguous() for g in gs]
+        gs = grads if len(idx) == len(grads) else [grads[i] for i in idx]
+        if not all(map(Tensor.is_contiguous, gs)):
+            gs = [g if g.is_contiguous() else g.contiguous() for g in gs]
         # per step, one small host-to-device copy: gradient addresses, scale addresses, scalars
         # omax: the parameter's largest finite value, capped at the dual's (a narrower dual
         # cannot exceed its own range anyway)

@@ -20,6 +20,7 @@ single-tensor, a foreach (``torch._foreach_*``), a compiled (``torch.compile``) 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from itertools import chain
 from typing import Any, Callable
@@ -213,6 +214,7 @@ class MirrorDescent(Optimizer):
         self._versions: dict[int, tuple[int, int]] = {}
         self._group_settings: dict[int, tuple] = {}
         self._fused_plans: dict[int, Any] = {}  # group index -> _triton.FusedPlan
+        self._snapshots: dict[int, tuple] = {}  # group index -> lists of the last step (see _snapshot_matches)
         super().__init__(params, defaults)
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -230,6 +232,7 @@ class MirrorDescent(Optimizer):
         self._versions = {}
         self._group_settings = {}
         self._fused_plans = {}
+        self._snapshots = {}
         for group in self.param_groups:
             group.setdefault("step", 0)
             group.setdefault("skipped_steps", 0)
@@ -265,6 +268,7 @@ class MirrorDescent(Optimizer):
         self._versions.clear()  # the loaded θ is verified against the weights at the next step
         self._group_settings.clear()
         self._fused_plans.clear()
+        self._snapshots.clear()
 
     # -- state sync ----------------------------------------------------------------------
 
@@ -315,7 +319,35 @@ class MirrorDescent(Optimizer):
 
     # -- step ----------------------------------------------------------------------------
 
-    def _init_group(self, group: dict[str, Any], start_index: int):
+    def _snapshot_matches(self, gi: int, group: dict[str, Any], grads_all: list[Tensor | None]):
+        """The group-level fast path: when no parameter of the group was edited or replaced and
+        the same ones have gradients as after the last step, the lists of the last step are
+        reused (four list comprehensions instead of a Python loop with dict look-ups)."""
+        snap = self._snapshots.get(gi)
+        if snap is None or snap[0] is not group or snap[1] != (group["p"], group["dual_dtype"], group["momentum"] != 0.0):
+            return None
+        plist = group["params"]
+        if (snap[2] != [x._version for x in plist] or snap[3] != [x.data_ptr() for x in plist]
+                or snap[4] != [g is not None for g in grads_all]):
+            return None
+        return snap
+
+    def _take_snapshot(self, gi: int, group: dict[str, Any], params, duals, bufs) -> None:
+        plist = group["params"]
+        self._snapshots[gi] = (
+            group, (group["p"], group["dual_dtype"], group["momentum"] != 0.0),
+            [x._version for x in plist], [x.data_ptr() for x in plist], [x.grad is not None for x in plist],
+            params, duals, bufs, len(params) == len(plist),
+        )
+
+    def _init_group(self, group: dict[str, Any], start_index: int, gi: int = -1):
+        grads_all = [x.grad for x in group["params"]]
+        snap = self._snapshot_matches(gi, group, grads_all)
+        if snap is not None:
+            grads = grads_all if snap[8] else [g for g in grads_all if g is not None]
+            if any(map(_is_sparse, grads)):
+                raise RuntimeError("MirrorDescent does not support sparse gradients")
+            return snap[5], grads, snap[6], snap[7], False
         params, grads, duals, bufs = [], [], [], []
         versions, all_state = self._versions, self.state
         # θ may no longer match a weight when an in-place edit bumped its ``_version``, when
@@ -375,8 +407,8 @@ class MirrorDescent(Optimizer):
 
         batches = []
         start = 0
-        for group in self.param_groups:
-            batches.append(self._init_group(group, start))
+        for gi, group in enumerate(self.param_groups):
+            batches.append(self._init_group(group, start, gi))
             start += len(group["params"])
 
         if self.nonfinite != "ignore":
@@ -414,16 +446,22 @@ class MirrorDescent(Optimizer):
                         plan = self._fused_plans[gi] = FusedPlan(params, grads, duals, bufs, has_momentum)
                         synced = True
                     fused_mirror_descent(params, grads, duals, bufs, plan=plan, **hyper)
+                    if synced:
+                        self._take_snapshot(gi, group, params, duals, bufs)
                 else:
                     mirror_descent(params, grads, duals, bufs, foreach=group["foreach"], fused=False,
                                    compiled=group["compiled"], **hyper)
                     synced = True
+                    self._take_snapshot(gi, group, params, duals, bufs)
                 if synced:
                     versions = self._versions
                     for param in params:
                         versions[id(param)] = (param._version, param.data_ptr())
             group["step"] += 1
         return loss
+
+
+_is_sparse = operator.attrgetter("is_sparse")
 
 
 def _gradients_look_finite(grads: list[Tensor]) -> bool:
