@@ -8,16 +8,13 @@ the single-tensor path, a float32 run for bf16 parameters.
 from __future__ import annotations
 
 import importlib.util
-import os
-import sys
 
 import pytest
 import torch
 
 from attnopt.optim import MirrorDescent, NonFiniteGradientError
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_optim import dual_tolerance, grads_like, make_params, reference_step  # noqa: E402
+from optim_reference import dual_tolerance, grads_like, make_params, reference_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -17,11 +17,9 @@ import textwrap
 import pytest
 import torch
 
-from attnopt.mirror import lp_norm
 from attnopt.optim import MirrorDescent
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_optim import dual_tolerance, grads_like, make_params, reference_step  # noqa: E402
+from optim_reference import dual_tolerance, grads_like, make_params, reference_step
 
 
 def _run(params, steps, groups=None, **kw):
@@ -71,7 +69,7 @@ _TRITON_SCRIPT = textwrap.dedent(
     import warnings, torch
     warnings.simplefilter("ignore")
     from attnopt.optim import MirrorDescent
-    from test_optim import grads_like, make_params
+    from optim_reference import grads_like, make_params
 
     def run(params, **kw):
         opt = MirrorDescent(params, **kw)
