@@ -23,7 +23,7 @@ import math
 import operator
 import warnings
 from itertools import chain
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -209,12 +209,10 @@ class MirrorDescent(Optimizer):
             maximize=maximize, foreach=foreach, fused=fused, compiled=compiled, dual_dtype=dual_dtype,
         )
         self.nonfinite = nonfinite
-        # id(param) -> (param._version, param.data_ptr()) right after the optimizer's own write,
-        # id(group) -> (p, dual_dtype) of the last step
+        # id(param) -> (param._version, param.data_ptr()) right after the optimizer's own write
         self._versions: dict[int, tuple[int, int]] = {}
-        self._group_settings: dict[int, tuple] = {}
         self._fused_plans: dict[int, Any] = {}  # group index -> _triton.FusedPlan
-        self._snapshots: dict[int, tuple] = {}  # group index -> lists of the last step (see _snapshot_matches)
+        self._snapshots: dict[int, _GroupSnapshot] = {}  # group index -> the last step's lists
         super().__init__(params, defaults)
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -230,7 +228,6 @@ class MirrorDescent(Optimizer):
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "raise")
         self._versions = {}
-        self._group_settings = {}
         self._fused_plans = {}
         self._snapshots = {}
         for group in self.param_groups:
@@ -266,7 +263,6 @@ class MirrorDescent(Optimizer):
                 if isinstance(value.get(name), Tensor):
                     self.state[param][name] = value[name].to(device=param.device, copy=True)
         self._versions.clear()  # the loaded θ is verified against the weights at the next step
-        self._group_settings.clear()
         self._fused_plans.clear()
         self._snapshots.clear()
 
@@ -319,42 +315,38 @@ class MirrorDescent(Optimizer):
 
     # -- step ----------------------------------------------------------------------------
 
-    def _snapshot_matches(self, gi: int, group: dict[str, Any], grads_all: list[Tensor | None]):
-        """The group-level fast path: when no parameter of the group was edited or replaced and
-        the same ones have gradients as after the last step, the lists of the last step are
-        reused (four list comprehensions instead of a Python loop with dict look-ups)."""
-        snap = self._snapshots.get(gi)
-        if snap is None or snap[0] is not group or snap[1] != (group["p"], group["dual_dtype"], group["momentum"] != 0.0):
-            return None
-        plist = group["params"]
-        if (snap[2] != [x._version for x in plist] or snap[3] != [x.data_ptr() for x in plist]
-                or snap[4] != [g is not None for g in grads_all]):
-            return None
-        return snap
+    @staticmethod
+    def _settings(group: dict[str, Any]) -> tuple:
+        return (group["p"], group["dual_dtype"], group["momentum"] != 0.0)
 
     def _take_snapshot(self, gi: int, group: dict[str, Any], params, duals, bufs) -> None:
         plist = group["params"]
-        self._snapshots[gi] = (
-            group, (group["p"], group["dual_dtype"], group["momentum"] != 0.0),
-            [x._version for x in plist], [x.data_ptr() for x in plist], [x.grad is not None for x in plist],
-            params, duals, bufs, len(params) == len(plist),
+        self._snapshots[gi] = _GroupSnapshot(
+            group, self._settings(group), [x._version for x in plist], [x.data_ptr() for x in plist],
+            [x.grad is not None for x in plist], params, duals, bufs, len(params) == len(plist),
         )
 
     def _init_group(self, group: dict[str, Any], start_index: int, gi: int = -1):
-        grads_all = [x.grad for x in group["params"]]
-        snap = self._snapshot_matches(gi, group, grads_all)
-        if snap is not None:
-            grads = grads_all if snap[8] else [g for g in grads_all if g is not None]
+        plist = group["params"]
+        grads_all = [x.grad for x in plist]
+        snap = self._snapshots.get(gi)
+        if snap is not None and (snap.group is not group or snap.settings != self._settings(group)):
+            snap = None  # a replaced group or a changed p / dual dtype / momentum: full check
+        # the per-step fast path: no parameter of the group was edited or replaced (``_version``,
+        # ``data_ptr``) and the same ones have gradients, so the last step's lists still hold
+        if (snap is not None and snap.versions == [x._version for x in plist]
+                and snap.ptrs == [x.data_ptr() for x in plist]
+                and snap.has_grad == [g is not None for g in grads_all]):
+            grads = grads_all if snap.all_have_grads else [g for g in grads_all if g is not None]
             if any(map(_is_sparse, grads)):
                 raise RuntimeError("MirrorDescent does not support sparse gradients")
-            return snap[5], grads, snap[6], snap[7], False
+            return snap.params, grads, snap.duals, snap.bufs, False
         params, grads, duals, bufs = [], [], [], []
         versions, all_state = self._versions, self.state
         # θ may no longer match a weight when an in-place edit bumped its ``_version``, when
-        # ``param.data = …`` moved its ``data_ptr``, or when the group's p or dual dtype changed
-        settings = (group["p"], group["dual_dtype"])
-        changed = self._group_settings.get(id(group)) != settings
-        self._group_settings[id(group)] = settings
+        # ``param.data = …`` moved its ``data_ptr``, or when the group's settings changed (or
+        # this is its first step, or the first after load_state_dict)
+        changed = snap is None
         synced = False
         for offset, param in enumerate(group["params"]):
             grad = param.grad
@@ -462,6 +454,20 @@ class MirrorDescent(Optimizer):
 
 
 _is_sparse = operator.attrgetter("is_sparse")
+
+
+class _GroupSnapshot(NamedTuple):
+    """A parameter group right after a step, for the per-step fast path of ``_init_group``."""
+
+    group: dict[str, Any]
+    settings: tuple  # (p, dual_dtype, momentum on)
+    versions: list[int]
+    ptrs: list[int]
+    has_grad: list[bool]
+    params: list[Tensor]
+    duals: list[Tensor | None]
+    bufs: list[Tensor | None]
+    all_have_grads: bool
 
 
 def _gradients_look_finite(grads: list[Tensor]) -> bool:
