@@ -85,7 +85,8 @@ def train(
     momentum: Annotated[float, typer.Option(help="SGD momentum")] = 0.9,
     weight_decay: Annotated[Optional[float], typer.Option(help="weight decay (default 0.01 for adamw, else 0)")] = None,
     md_normalize: Annotated[bool, typer.Option(help="normalised MD step (gradient / its q-norm)")] = False,
-    md_impl: Annotated[str, typer.Option(help="MD implementation: auto, single, foreach, compiled or fused")] = "auto",
+    md_impl: Annotated[str, typer.Option(
+        help="MD implementation: auto (fused on CUDA with Triton), single, foreach, compiled or fused")] = "auto",
     md_nonfinite: Annotated[str, typer.Option(help="MD NaN-gradient check: auto, raise or ignore")] = "auto",
     seed: Annotated[List[int], typer.Option(help="seed; repeat for several runs (each in OUT/seedN)")] = [0],
     batch_size: Annotated[int, typer.Option(help="batch size")] = 100,
@@ -121,7 +122,11 @@ def train(
     data: DataOpt = None,
     cache: CacheOpt = None,
 ) -> None:
-    """Train the encoder classifier (one run per --seed); resumes an interrupted run in --out."""
+    """Train the encoder classifier (one run per --seed); resumes an interrupted run in --out.
+
+    Create a file named STOP in a run folder to finish that run cleanly after its current
+    epoch (checkpoint, summary and report written); the same command later continues it.
+    """
     from attnopt.experiments.imdb import TrainConfig
     from attnopt.experiments.imdb import train as train_run
 
