@@ -44,6 +44,6 @@ if [[ $status -ne 0 ]]; then
   exit 1
 fi
 
-$ATTNOPT imdb table "$OUT/e3" "$OUT/e6" --out "$OUT/table.md" --csv "$OUT/table.csv"
+$ATTNOPT imdb table "$OUT/e3" "$OUT/e6" --out "$OUT/table.md" --csv "$OUT/table.csv" --figure "$OUT/curves.png"
 $ATTNOPT imdb sparsity "$OUT/e3/p1.1" "$OUT/e3/p2" "$OUT/e3/p3" "$OUT/e6/adam" --out "$OUT/sparsity" --device "$DEVICE"
 $ATTNOPT imdb attention-map "$OUT/e3/p1.1" "$OUT/e3/p2" "$OUT/e3/p3" "$OUT/e6/adam" --out "$OUT/attention" --device "$DEVICE"

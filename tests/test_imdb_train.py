@@ -225,8 +225,10 @@ def test_cli_train_writes_runs_and_summary(cli_run):
 
 
 def test_cli_table(cli_run):
-    res = CliRunner().invoke(_app(), ["table", str(cli_run / "runs"), "--out", str(cli_run / "table.md")])
+    res = CliRunner().invoke(_app(), ["table", str(cli_run / "runs"), "--out", str(cli_run / "table.md"),
+                                      "--figure", str(cli_run / "curves.png")])
     assert res.exit_code == 0, res.output
+    assert (cli_run / "curves.png").read_bytes()[:4] == b"\x89PNG"
     text = (cli_run / "table.md").read_text()
     assert "| sst2 | Adam | 1 |" in text and "honest" in text and "paper" in text
     assert re.search(r"\| 2 \| \d+\.\d\d ± \d+\.\d\d \|", text)
@@ -270,6 +272,16 @@ def test_cli_bad_input(tmp_path):
     assert not (tmp_path / "r").exists()
     res = runner.invoke(_app(), ["table", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "no such run folder" in res.output
+
+
+def test_run_histories_reads_every_run(cli_run):
+    from attnopt.experiments.imdb import run_histories
+
+    hists = run_histories([cli_run / "runs"])
+    assert len(hists) == 2 and all("seed" in label for label in hists)
+    for h in hists.values():
+        assert list(h["epoch"]) == list(range(1, len(h["epoch"]) + 1))
+        assert ((h["test_acc"] >= 0) & (h["test_acc"] <= 1)).all()
 
 
 def test_results_table_groups_seeds_and_shows_paper_numbers(tmp_path):

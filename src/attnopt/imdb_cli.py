@@ -176,9 +176,11 @@ def table(
     runs: Annotated[List[Path], typer.Argument(help="run folders (or folders containing runs)")],
     out: Annotated[Optional[Path], typer.Option(help="also write the markdown table here")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="also write the rows as CSV here")] = None,
+    figure: Annotated[Optional[Path], typer.Option(
+        help="also draw train/validation/test accuracy per epoch of every run into this PNG")] = None,
 ) -> None:
     """The E3/E6 table: mean ± std over seeds, honest and paper-style numbers beside the paper's."""
-    from attnopt.experiments.imdb import format_table, results_table
+    from attnopt.experiments.imdb import format_table, results_table, run_histories
     from attnopt.report.runs import RunDir
 
     rows = _guard(results_table, runs)
@@ -192,6 +194,11 @@ def table(
         RunDir(csv.parent).write_csv(csv.name, rows=[{k: v for k, v in r.items() if k != "paper_ref"}
                                                       | {"paper_ref": r["paper_ref"] and list(r["paper_ref"])}
                                                       for r in rows])
+    if figure is not None:
+        from attnopt.report.figures import epoch_curves_figure
+
+        RunDir(figure.parent).save_figure(figure.name, epoch_curves_figure(_guard(run_histories, runs)))
+        console.print(f"learning curves: {figure}")
 
 
 @app.command()

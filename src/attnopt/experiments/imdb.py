@@ -29,6 +29,7 @@ same output folder resumes exactly where it stopped.  A non-finite loss stops th
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib.util
 import json
 import math
@@ -780,6 +781,23 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- tables
+
+
+def run_histories(paths: Sequence[str | os.PathLike]) -> dict[str, dict[str, np.ndarray]]:
+    """Per run folder (label: optimiser, size, seed, folder name), its ``history.csv`` as arrays."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for run in find_runs(paths):
+        hist = run / "history.csv"
+        if not hist.is_file():
+            continue
+        with hist.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if not rows:
+            continue
+        cfg, _ = read_run(run)
+        label = f"{cfg.optimizer_label()} s{cfg.size} seed{cfg.seed} ({run.name})"
+        out[label] = {k: np.asarray([float(r[k]) for r in rows]) for k in rows[0]}
+    return out
 
 
 def results_table(paths: Sequence[str | os.PathLike]) -> list[dict]:
