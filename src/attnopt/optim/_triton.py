@@ -193,7 +193,14 @@ class FusedPlan:
                                  device))
 
     def matches(self, params: list[Tensor], momentum: bool) -> bool:
-        return self.momentum == momentum and (params is self.source or self.ids == tuple(map(id, params)))
+        if self.momentum != momentum:
+            return False
+        if params is self.source:
+            return True
+        if self.ids == tuple(map(id, params)):
+            self.source = params  # the same parameters in a new list: recognise it by identity next time
+            return True
+        return False
 
 
 def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,

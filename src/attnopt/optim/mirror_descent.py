@@ -438,7 +438,10 @@ class MirrorDescent(Optimizer):
                         plan = self._fused_plans[gi] = FusedPlan(params, grads, duals, bufs, has_momentum)
                         synced = True
                     fused_mirror_descent(params, grads, duals, bufs, plan=plan, **hyper)
-                    if synced:
+                    snap = self._snapshots.get(gi)
+                    if synced or snap is None or snap.params is not params:
+                        # also when only the set of parameters with gradients changed (e.g. a
+                        # frozen one): otherwise every later step would miss the fast path
                         self._take_snapshot(gi, group, params, duals, bufs)
                 else:
                     mirror_descent(params, grads, duals, bufs, foreach=group["foreach"], fused=False,
