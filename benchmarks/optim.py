@@ -14,9 +14,10 @@ less contention-sensitive figure on a shared machine.  Contenders:
 * ``sgd-foreach`` — ``torch.optim.SGD(foreach=True)`` (the baseline);
 * ``naive`` — the published per-tensor ℓp step, two powers per element, Python loop:
   ``θ' = sign(w)|w|^{p-1} − ηg; w = sign(θ')|θ'|^{1/(p-1)}``;
-* ``single``, ``foreach``, ``compiled`` (and ``fused`` on CUDA) — :class:`MirrorDescent`
-  paths, with the default non-finite check (``nonfinite="raise"``);
-* ``compiled/ignore`` (and ``fused/ignore``) — without the non-finite check, to show its cost;
+* ``single``, ``foreach``, ``compiled``, ``fused`` — :class:`MirrorDescent` paths, with the
+  default non-finite check (``nonfinite="raise"``); ``fused`` is the C kernel on CPU and the
+  Triton kernel on CUDA;
+* ``compiled/ignore``, ``fused/ignore`` — without the non-finite check, to show its cost;
 * ``fused-kernel`` (CUDA) — the fused kernel called directly with the optimizer's prepared
   plan, without the per-step Python bookkeeping over every parameter (what the kernel reaches).
 
@@ -102,6 +103,9 @@ def contenders(shapes, device, dtype, p: float, lr: float):
             out["fused-kernel"] = with_grads(lambda ws, gs: kernel_only(ws, lr, p))
         except ImportError:
             print("  (triton not installed: no fused contender)", file=sys.stderr)
+    else:  # the C kernel, built on first use
+        out["fused"] = with_grads(ours(fused=True))
+        out["fused/ignore"] = with_grads(ours(fused=True, nonfinite="ignore"))
     return out
 
 

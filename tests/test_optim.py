@@ -1,13 +1,16 @@
 """MirrorDescent: the update against a float64 reference, state handling, numerics, validation.
 
-The eager paths (single-tensor and foreach) are tested here; the compiled and Triton paths
-in test_optim_paths.py, DDP in test_optim_ddp.py.
+The eager paths (single-tensor and foreach) and the fused CPU kernel are tested here; the
+compiled and Triton paths in test_optim_paths.py, DDP in test_optim_ddp.py.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import shutil
+import sysconfig
+import os
 
 import pytest
 import torch
@@ -16,8 +19,15 @@ from attnopt.mirror import grad_psi, grad_psi_star, lp_norm
 from attnopt.optim import MirrorDescent, NonFiniteGradientError, mirror_descent
 from optim_reference import dual_tolerance, grads_like, make_params, reference_step
 
+HAVE_CC = shutil.which((os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
 P_VALUES = [1.01, 1.1, 1.4, 1.5, 1.75, 2.0, 3.0, 4.0]
-EAGER = [pytest.param(dict(foreach=False), id="single"), pytest.param(dict(foreach=True), id="foreach")]
+EAGER = [
+    pytest.param(dict(foreach=False), id="single"),
+    pytest.param(dict(foreach=True), id="foreach"),
+    # the C kernel (float32/bfloat16; float64 tensors take its single-tensor fallback)
+    pytest.param(dict(fused=True), id="fused-cpu",
+                 marks=pytest.mark.skipif(not HAVE_CC, reason="no C compiler for the fused CPU kernel")),
+]
 
 
 # --------------------------------------------------------------------------- one step
@@ -503,10 +513,3 @@ def test_invalid_group_and_types():
         MirrorDescent([w], lr=0.1, p=1.5, dual_dtype=torch.int32)
     with pytest.raises(TypeError):
         MirrorDescent([w], lr="0.1", p=1.5)
-
-
-def test_fused_without_cuda_or_triton_is_a_clear_error():
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present")
-    with pytest.raises(RuntimeError, match="(Triton|CUDA)"):
-        MirrorDescent([torch.nn.Parameter(torch.ones(2))], lr=0.1, p=1.5, fused=True)

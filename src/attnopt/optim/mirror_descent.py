@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import warnings
 from itertools import chain
 from typing import Any, Callable, NamedTuple
@@ -97,14 +98,32 @@ def _check_group(group: dict[str, Any]) -> None:
         if not param.is_floating_point():
             raise TypeError(f"MirrorDescent needs floating-point parameters, got {param.dtype}")
     if group["fused"]:
+        devices = {param.device.type for param in group["params"]}
+        if devices == {"cpu"} and not _triton_interpreting():
+            from attnopt.optim import _cpu
+
+            _cpu.load()  # builds the C kernel now (once per machine), so a missing compiler shows here
+            return
+        if "cpu" in devices and len(devices) > 1:
+            raise ValueError("MirrorDescent(fused=True): a parameter group mixes CPU and accelerator "
+                             "parameters; put them in separate optimizers")
         try:
             from attnopt.optim import _triton
         except ImportError as exc:
             raise RuntimeError(
-                "MirrorDescent(fused=True) needs Triton and CUDA parameters (pip install "
-                "'attnopt[triton]'); Triton is not installed. Use foreach=True, or compiled=True on CPU."
+                "MirrorDescent(fused=True) on CUDA needs Triton (pip install 'attnopt[triton]'); "
+                "Triton is not installed. Use foreach=True instead."
             ) from exc
         _triton.check_fused_supported(group["params"])
+
+
+def _triton_interpreting() -> bool:
+    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): CPU tensors go to the Triton kernel."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _uses_triton(params: list[Tensor]) -> bool:
+    return params[0].device.type != "cpu" or _triton_interpreting()
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -427,7 +446,7 @@ class MirrorDescent(Optimizer):
                 hyper = dict(lr=group["lr"], p=group["p"], normalize=group["normalize"], eps=group["eps"],
                              momentum=group["momentum"], weight_decay=group["weight_decay"],
                              maximize=group["maximize"])
-                if group["fused"]:
+                if group["fused"] and _uses_triton(params):
                     # the kernel writes through raw pointers: no _version bump, so the recorded
                     # keys stay valid and the plan (device tables of w/θ addresses) is reused
                     from attnopt.optim._triton import FusedPlan, fused_mirror_descent
@@ -444,7 +463,7 @@ class MirrorDescent(Optimizer):
                         # frozen one): otherwise every later step would miss the fast path
                         self._take_snapshot(gi, group, params, duals, bufs)
                 else:
-                    mirror_descent(params, grads, duals, bufs, foreach=group["foreach"], fused=False,
+                    mirror_descent(params, grads, duals, bufs, foreach=group["foreach"], fused=group["fused"],
                                    compiled=group["compiled"], **hyper)
                     synced = True
                     self._take_snapshot(gi, group, params, duals, bufs)
@@ -482,6 +501,13 @@ def _gradients_look_finite(grads: list[Tensor]) -> bool:
     caller's precise scan.  This costs one read of the gradients and one host
     synchronisation per device; ``nonfinite="ignore"`` skips it.
     """
+    from attnopt.optim import _cpu
+
+    if _cpu.is_loaded():  # a fused CPU optimizer built the C kernel: it counts exactly, in one read
+        cpu = [g for g in grads if g.device.type == "cpu"]
+        if cpu and _cpu.count_nonfinite(cpu):
+            return False
+        grads = [g for g in grads if g.device.type != "cpu"]
     groups: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for g in grads:
         groups.setdefault((g.device, g.dtype), []).append(g)
@@ -544,8 +570,10 @@ def mirror_descent(
             if buf is None:
                 theta = duals[i] if duals[i] is not None else params[i]
                 momentum_buffers[i] = torch.zeros_like(theta)
-    if fused:
+    if fused and _uses_triton(params):
         from attnopt.optim._triton import fused_mirror_descent as func
+    elif fused:
+        from attnopt.optim._cpu import cpu_fused_mirror_descent as func
     elif compiled:
         from attnopt.optim._compiled import compiled_mirror_descent as func
     elif foreach:

@@ -1,0 +1,225 @@
+r"""The ``fused=True`` path on CPU: one C kernel call per step for a whole list of tensors.
+
+The kernel (``_cpu_kernel.c`` beside this file) is compiled at first use with the system C
+compiler (``$CC``, else Python's, else ``cc``) as ``-O3 -march=native -fopenmp`` and cached
+under ``$ATTNOPT_CACHE_DIR`` (default ``~/.cache/attnopt/kernels``), keyed by the source, the
+compiler and the CPU, then loaded with :mod:`ctypes`; a second process reuses the cached
+library.  It reads g and θ once and writes θ and w once per element, writing large float32
+weights with non-temporal stores, and counts non-finite gradient entries in one read (the
+optimizer's check before any write).  See the C source for the arithmetic.
+
+Supported by the kernel: contiguous CPU float32 or bfloat16 weights and gradients with a
+float32 θ (and momentum buffer).  Any other tensor of the list (float64 or float16 weights,
+a float64 ``dual_dtype``, a non-contiguous tensor) is updated by the single-tensor path in
+the same call, so ``fused=True`` works for every CPU parameter.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sysconfig
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from attnopt.optim._math import classify_exponent, dual_decay_factor, inverse_exponent, lq_scale
+
+__all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports"]
+
+SOURCE = Path(__file__).with_name("_cpu_kernel.c")
+_KINDS = {"identity": 0, "square": 1, "sqrt": 2, "int": 3, "halfint": 4, "general": 5}
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-march=native"],  # a compiler without OpenMP (e.g. Apple clang): one thread
+    ["-O3"],
+)
+_COMMON_FLAGS = ["-fno-math-errno", "-fPIC", "-shared"]
+
+_lib: ctypes.CDLL | None = None
+_lock = threading.Lock()
+
+
+def _compiler() -> list[str]:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return shlex.split(cc)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ATTNOPT_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "kernels"
+    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(xdg) / "attnopt" / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU's feature flags."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() + platform.machine()
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    try:
+        version = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RuntimeError(
+            f"MirrorDescent(fused=True) on CPU compiles a small C kernel at first use, but the C compiler "
+            f"{' '.join(cc)!r} could not be run ({exc}). Install a C compiler (gcc or clang) or set $CC; "
+            "or use compiled=True / foreach=False."
+        ) from exc
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join([source, version.encode(), " ".join(cc + flags + _COMMON_FLAGS).encode(),
+                        _cpu_signature().encode()])
+        ).hexdigest()[:20]
+        target = _cache_dir() / f"attnopt_md_{key}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            cmd = cc + flags + _COMMON_FLAGS + [str(SOURCE), "-o", tmp, "-lm"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                os.unlink(tmp)
+                errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
+                continue
+            os.replace(tmp, target)  # atomic: concurrent builders (DDP ranks) agree
+        try:
+            return _declare(ctypes.CDLL(str(target)))
+        except OSError as exc:
+            errors.append(f"loading {target}: {exc}")
+    raise RuntimeError(
+        "MirrorDescent(fused=True) on CPU could not build its C kernel:\n" + "\n".join(errors)
+        + "\nUse compiled=True or foreach=False instead."
+    )
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    vp, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
+    lib.attnopt_md_step.restype = i
+    lib.attnopt_md_step.argtypes = [i, vp, vp, vp, vp, vp, vp, i, i, i, d, d, d, i, i, d, d, i, i]
+    lib.attnopt_count_nonfinite.restype = ctypes.c_int64
+    lib.attnopt_count_nonfinite.argtypes = [i, vp, vp, i, i]
+    return lib
+
+
+def load() -> ctypes.CDLL:
+    """The kernel library, built (or fetched from the cache) on first call."""
+    global _lib
+    if _lib is None:
+        with _lock:
+            if _lib is None:
+                _lib = _build()
+    return _lib
+
+
+def is_loaded() -> bool:
+    return _lib is not None
+
+
+def kernel_supports(param: Tensor, grad: Tensor, theta: Tensor | None, buf: Tensor | None) -> bool:
+    """Whether the C kernel takes this tensor (else the single-tensor path does)."""
+    t = param if theta is None else theta
+    return (
+        param.device.type == "cpu"
+        and param.dtype in _DTYPES
+        and grad.dtype in _DTYPES
+        and t.dtype == torch.float32
+        and not grad.is_sparse
+        and param.is_contiguous()
+        and grad.is_contiguous()
+        and t.is_contiguous()
+        and grad.shape == param.shape
+        and (buf is None or (buf.dtype == torch.float32 and buf.is_contiguous()))
+    )
+
+
+def _ptrs(tensors: list[Tensor]):
+    return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
+
+
+def count_nonfinite(grads: list[Tensor]) -> int:
+    """Number of NaN/±inf entries over the gradients (one read of each; exact)."""
+    total = 0
+    fast: dict[int, list[Tensor]] = {}
+    for g in grads:
+        if g.device.type == "cpu" and g.dtype in _DTYPES and g.is_contiguous() and not g.is_sparse:
+            fast.setdefault(_DTYPES[g.dtype], []).append(g)
+        else:
+            total += int((~torch.isfinite(g)).sum())
+    if fast:
+        lib = load()
+        for code, gs in fast.items():
+            sizes = (ctypes.c_int64 * len(gs))(*[g.numel() for g in gs])
+            n = lib.attnopt_count_nonfinite(len(gs), _ptrs(gs), sizes, code, torch.get_num_threads())
+            if n < 0:
+                raise MemoryError("attnopt CPU kernel: out of memory")
+            total += n
+    return total
+
+
+def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
+                             momentum, weight_decay, maximize) -> None:
+    """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`)."""
+    from attnopt.optim.mirror_descent import _single_tensor_mirror_descent
+
+    e = inverse_exponent(p)
+    kind, n = classify_exponent(e)
+    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
+    alpha = lr if maximize else -lr
+    batches: dict[tuple, list[int]] = {}
+    rest: list[int] = []
+    for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
+        buf = momentum_buffers[i] if momentum != 0.0 else None
+        if kernel_supports(param, grad, theta, buf):
+            batches.setdefault((param.dtype, grad.dtype, theta is None), []).append(i)
+        else:
+            rest.append(i)
+    if rest:
+        _single_tensor_mirror_descent(
+            [params[i] for i in rest], [grads[i] for i in rest], [duals[i] for i in rest],
+            [momentum_buffers[i] for i in rest], lr=lr, p=p, normalize=normalize, eps=eps,
+            momentum=momentum, weight_decay=weight_decay, maximize=maximize,
+        )
+    if not batches:
+        return
+    lib = load()
+    threads = torch.get_num_threads()
+    for (pdtype, gdtype, own), idx in batches.items():
+        ws = [params[i].detach() for i in idx]
+        thetas = ws if own else [duals[i] for i in idx]
+        gs = [grads[i] for i in idx]
+        bufs = _ptrs([momentum_buffers[i] for i in idx]) if momentum != 0.0 else None
+        scales = None
+        if normalize:
+            scales = (ctypes.c_double * len(idx))(*[float(lq_scale(g, p, eps, torch.float32)) for g in gs])
+        sizes = (ctypes.c_int64 * len(idx))(*[w.numel() for w in ws])
+        rc = lib.attnopt_md_step(
+            len(idx), _ptrs(ws), _ptrs(thetas), _ptrs(gs), bufs, sizes, scales,
+            _DTYPES[pdtype], _DTYPES[gdtype], int(own), alpha, decay, momentum,
+            _KINDS[kind], n, e, float(torch.finfo(pdtype).max), 1, threads,
+        )
+        if rc != 0:
+            raise MemoryError("attnopt CPU kernel: out of memory")
+        # the kernel wrote through raw pointers: mark the weights as modified in place, as the
+        # other paths' copy_ does (autograd's saved-tensor checks see it)
+        for w in ws:
+            torch.autograd.graph.increment_version(w)

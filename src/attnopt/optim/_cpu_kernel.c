@@ -1,0 +1,387 @@
+/* The fused CPU step of l_p mirror descent (MirrorDescent(fused=True) on CPU).
+ *
+ * Built at first use by attnopt/optim/_cpu.py with the system C compiler
+ * (cc -O3 -march=native -fopenmp) and loaded with ctypes; no Python headers.
+ *
+ * One call updates a whole list of tensors.  The list is cut into chunks of CHUNK elements
+ * that the OpenMP threads share statically; a chunk is processed in blocks of BLK elements
+ * that stay in L1: per block, the direction d (the gradient times its per-tensor scale,
+ * through the momentum buffer when mu != 0), the dual update theta <- decay*theta + alpha*d,
+ * then the inverse map w = sign(theta)|theta|^e clamped to the weight dtype's largest value.
+ * Each element of g and theta is read once and theta and w are written once; float32
+ * weights are written with non-temporal stores where the CPU has them, so the write of w
+ * does not first read w into the cache (16 bytes moved per element instead of 20).
+ *
+ * The power |theta|^e, by kind (decided in Python, see attnopt.optim._math.classify_exponent):
+ * identity, square, sqrt, int n (binary powering), half-int n + 1/2 (powering times sqrt)
+ * in float32 like the other paths; a general e as exp2(e*log2|theta|) with polynomials:
+ * in float32 with an exact split of e*k for e <= 4 (p >= 1.25; a few ulp, see vpow_f32),
+ * in float64 above (|error| < 1e-12 relative before the rounding to float32: within 1 ulp).
+ *
+ * attnopt_count_nonfinite counts NaN/inf entries of a list of gradients (exact: exponent
+ * bits), for the optimizer's non-finite check before any write.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#define CHUNK 16384
+#define BLK 512 /* a multiple of 16 */
+#define STREAM_MIN (1 << 18) /* smaller tensors are written through the cache: they are likely still there at the next forward pass */
+
+enum { DT_F32 = 0, DT_BF16 = 1 };
+enum { K_IDENTITY = 0, K_SQUARE = 1, K_SQRT = 2, K_INT = 3, K_HALFINT = 4, K_GENERAL = 5 };
+
+typedef float v8f __attribute__((vector_size(32)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
+typedef uint64_t v8u __attribute__((vector_size(64)));
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even; f is finite */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* |x|^e for 8 non-negative finite doubles: exp2(e*log2 x) with x = 2^k*m, m in [sqrt(1/2), sqrt(2)). */
+static inline v8d vpow_general(v8d a, double e) {
+    const double SQRT2 = 1.4142135623730951, INV_LN2 = 1.4426950408889634, LN2 = 0.6931471805599453;
+    const double MAGIC = 6755399441055744.0; /* 1.5 * 2^52: (y + MAGIC) - MAGIC rounds y to an integer */
+    v8u bits = (v8u)a;
+    v8l k = (v8l)((bits >> 52) & 0x7ff) - 1023;
+    v8d x = (v8d)((bits & 0xfffffffffffffULL) | 0x3ff0000000000000ULL);
+    v8l big = x > SQRT2; /* -1 where true */
+    x = x * (1.0 + 0.5 * __builtin_convertvector(big, v8d));
+    k = k - big;
+    v8d s = (x - 1.0) / (x + 1.0), z = s * s;
+    /* ln m = 2 atanh(s) = 2 s (1 + z/3 + z^2/5 + ...), |s| <= 0.1716 */
+    v8d lm = 2.0 * s * (1.0 + z * (1.0 / 3 + z * (1.0 / 5 + z * (1.0 / 7 + z * (1.0 / 9 + z * (1.0 / 11 + z * (1.0 / 13)))))));
+    v8d y = e * (__builtin_convertvector(k, v8d) + lm * INV_LN2);
+    v8l lo = y < -1022.0, hi = y > 1000.0; /* the float32 result is 0 or overflows there */
+    y = (v8d)(((v8l)y & ~(lo | hi)) | ((v8l)((v8d){0} - 1022.0) & lo) | ((v8l)((v8d){0} + 1000.0) & hi));
+    v8d rn = (y + MAGIC) - MAGIC;
+    v8d f = (y - rn) * LN2; /* |f| <= ln2/2 */
+    v8d p = 1.0 + f * (1.0 + f * (1.0 / 2 + f * (1.0 / 6 + f * (1.0 / 24 + f * (1.0 / 120 + f * (1.0 / 720
+            + f * (1.0 / 5040 + f * (1.0 / 40320 + f * (1.0 / 362880 + f * (1.0 / 3628800))))))))));
+    v8d scale = (v8d)((__builtin_convertvector(rn, v8l) + 1023) << 52);
+    v8l nonzero = a != 0.0;
+    return (v8d)((v8l)(p * scale) & nonzero);
+}
+
+/* |x|^e for VF_LANES non-negative finite floats, all in float32, for e <= E_F32_MAX (p >= 1.25).
+ * log2 x = k + l with x = 2^k * m, m in [sqrt(1/2), sqrt(2)), l = log2 m in [-1/2, 1/2];
+ * y = e*k + e*l with e = e_hi + e_lo (e_hi has 12 significant bits, so e_hi*k is exact);
+ * n = round(y); 2^(y-n) by a polynomial; 2^n as two normal factors (results down to the
+ * subnormals round once).  Relative error about (e*|l|*2^-23 + 2^-23)*ln 2: measured at most
+ * 1.8 ulp at e = 4/3 and 3.3 ulp at e = 10/3. */
+#if defined(__AVX512F__)
+#define VF_BYTES 64
+#else
+#define VF_BYTES 32 /* AVX2 and older: 8 lanes, so that no operation is split or scalarised */
+#endif
+#define VF_LANES (VF_BYTES / 4)
+typedef float v16f __attribute__((vector_size(VF_BYTES)));
+typedef int32_t v16i __attribute__((vector_size(VF_BYTES)));
+typedef uint32_t v16u __attribute__((vector_size(VF_BYTES)));
+#define E_F32_MAX 4.0
+
+static inline v16f vpow_f32(v16f a, float e_hi, float e_lo, float e) {
+    const float SQRT2 = 1.41421356f, INV_LN2 = 1.44269504f, LN2 = 0.693147181f;
+    const float MAGIC = 12582912.0f; /* 1.5 * 2^23 */
+    v16u bits = (v16u)a;
+    v16i k = (v16i)((bits >> 23) & 0xffu) - 127;
+    v16i sub = k == -127; /* a subnormal (or 0): scale by 2^24 first */
+    v16f as = (v16f)((v16i)(a * 16777216.0f) & sub) + (v16f)((v16i)a & ~sub);
+    bits = (v16u)as;
+    k = (v16i)((bits >> 23) & 0xffu) - 127 + (sub & -24);
+    v16f x = (v16f)((bits & 0x7fffffu) | 0x3f800000u);
+    v16i big = x > SQRT2;
+    x = x * (1.0f + 0.5f * __builtin_convertvector(big, v16f));
+    k = k - big;
+    v16f s = (x - 1.0f) / (x + 1.0f), z = s * s;
+    v16f l = 2.0f * INV_LN2 * s * (1.0f + z * (1.0f / 3 + z * (1.0f / 5 + z * (1.0f / 7 + z * (1.0f / 9)))));
+    v16f kf = __builtin_convertvector(k, v16f);
+    v16f hi = kf * e_hi;            /* exact */
+    v16f rest = kf * e_lo + e * l;  /* |rest| <= ~|k|*|e_lo| + e/2 */
+    v16f y = hi + rest;
+    v16i lo_m = y < -252.0f, hi_m = y > 254.0f; /* the result is 0 / overflows there */
+    v16f n = (y + MAGIC) - MAGIC;
+    v16f f = ((hi - n) + rest) * LN2; /* hi - n is exact */
+    v16f p = 1.0f + f * (1.0f + f * (1.0f / 2 + f * (1.0f / 6 + f * (1.0f / 24 + f * (1.0f / 120
+             + f * (1.0f / 720 + f * (1.0f / 5040)))))));
+    v16i ni = __builtin_convertvector(n, v16i);
+    ni = (ni & ~(lo_m | hi_m)) + (-252 & lo_m) + (254 & hi_m);
+    v16i n1 = ni >> 1, n2 = ni - n1; /* both in [-126, 127]: normal powers of two */
+    v16f s1 = (v16f)((n1 + 127) << 23), s2 = (v16f)((n2 + 127) << 23);
+    v16i nonzero = a != 0.0f;
+    return (v16f)((v16i)((p * s1) * s2) & nonzero);
+}
+
+#if defined(__AVX512F__)
+/* The same computation with AVX-512's exponent/mantissa extraction (subnormals included),
+ * a refined reciprocal instead of the division, and vscalefps for 2^n (which rounds once
+ * into the subnormals and saturates to 0 / inf). */
+static inline __m512 vpow_f32_avx512(__m512 a, float e_hi, float e_lo, float e) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 m = _mm512_getmant_ps(a, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    __m512 kf = _mm512_getexp_ps(a);
+    __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+    m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+    kf = _mm512_mask_add_ps(kf, big, kf, one);
+    __m512 num = _mm512_sub_ps(m, one), den = _mm512_add_ps(m, one);
+    __m512 r = _mm512_rcp14_ps(den);
+    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, _mm512_set1_ps(2.0f))); /* one Newton step: ~28 bits */
+    __m512 s = _mm512_mul_ps(num, r), z = _mm512_mul_ps(s, s);
+    __m512 q = _mm512_fmadd_ps(z, _mm512_set1_ps(1.0f / 9), _mm512_set1_ps(1.0f / 7));
+    q = _mm512_fmadd_ps(z, q, _mm512_set1_ps(1.0f / 5));
+    q = _mm512_fmadd_ps(z, q, _mm512_set1_ps(1.0f / 3));
+    q = _mm512_fmadd_ps(z, q, one);
+    __m512 l = _mm512_mul_ps(_mm512_mul_ps(s, _mm512_set1_ps(2.0f * 1.44269504f)), q);
+    __m512 hi = _mm512_mul_ps(kf, _mm512_set1_ps(e_hi)); /* exact */
+    __m512 rest = _mm512_fmadd_ps(kf, _mm512_set1_ps(e_lo), _mm512_mul_ps(_mm512_set1_ps(e), l));
+    __m512 y = _mm512_add_ps(hi, rest);
+    __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_mul_ps(_mm512_add_ps(_mm512_sub_ps(hi, n), rest), _mm512_set1_ps(0.693147181f));
+    __m512 p = _mm512_fmadd_ps(f, _mm512_set1_ps(1.0f / 5040), _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(f, p, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(f, p, one);
+    p = _mm512_fmadd_ps(f, p, one);
+    __mmask16 nonzero = _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+    return _mm512_maskz_scalef_ps(nonzero, p, n);
+}
+#endif
+
+static void pow_block(float *restrict m, int L, int kind, int n, double e) {
+    int j;
+    switch (kind) {
+    case K_IDENTITY:
+        break;
+    case K_SQUARE:
+        for (j = 0; j < L; j++) m[j] = m[j] * m[j];
+        break;
+    case K_SQRT:
+        for (j = 0; j < L; j++) m[j] = sqrtf(m[j]);
+        break;
+    case K_INT:
+    case K_HALFINT: {
+        float base[BLK] __attribute__((aligned(64)));
+        float res[BLK] __attribute__((aligned(64)));
+        for (j = 0; j < L; j++) { base[j] = m[j]; res[j] = 1.0f; }
+        for (int bitsleft = n; bitsleft; bitsleft >>= 1) {
+            if (bitsleft & 1)
+                for (j = 0; j < L; j++) res[j] *= base[j];
+            if (bitsleft >> 1)
+                for (j = 0; j < L; j++) base[j] *= base[j];
+        }
+        if (kind == K_HALFINT)
+            for (j = 0; j < L; j++) res[j] *= sqrtf(m[j]);
+        for (j = 0; j < L; j++) m[j] = res[j];
+        break;
+    }
+    default: /* K_GENERAL; L is a multiple of 16 here (the caller pads) */
+        if (e <= E_F32_MAX) {
+            float e_hi = (float)e;
+            uint32_t u;
+            memcpy(&u, &e_hi, 4);
+            u &= 0xfffff000u; /* keep 12 significant bits */
+            memcpy(&e_hi, &u, 4);
+            float e_lo = (float)(e - (double)e_hi);
+#if defined(__AVX512F__)
+            for (j = 0; j < L; j += 16)
+                _mm512_storeu_ps(m + j, vpow_f32_avx512(_mm512_loadu_ps(m + j), e_hi, e_lo, (float)e));
+#else
+            for (j = 0; j < L; j += VF_LANES) {
+                v16f a;
+                memcpy(&a, m + j, sizeof a);
+                v16f r = vpow_f32(a, e_hi, e_lo, (float)e);
+                memcpy(m + j, &r, sizeof r);
+            }
+#endif
+            break;
+        }
+        for (j = 0; j < L; j += 8) {
+            v8f a;
+            memcpy(&a, m + j, sizeof a);
+            v8f r = __builtin_convertvector(vpow_general(__builtin_convertvector(a, v8d), e), v8f);
+            memcpy(m + j, &r, sizeof r);
+        }
+    }
+}
+
+static void store_w_f32(float *restrict w, const float *restrict v, int L, int stream) {
+    int j = 0;
+#if defined(__AVX512F__)
+    if (stream) {
+        for (; j < L && ((uintptr_t)(w + j) & 63); j++) w[j] = v[j];
+        for (; j + 16 <= L; j += 16) _mm512_stream_ps(w + j, _mm512_loadu_ps(v + j));
+    }
+#elif defined(__AVX__)
+    if (stream) {
+        for (; j < L && ((uintptr_t)(w + j) & 31); j++) w[j] = v[j];
+        for (; j + 8 <= L; j += 8) _mm256_stream_ps(w + j, _mm256_loadu_ps(v + j));
+    }
+#endif
+    for (; j < L; j++) w[j] = v[j];
+}
+
+typedef struct {
+    int ntensors;
+    void **w;            /* weights (float32 or bfloat16); == theta for a tensor that is its own dual */
+    float **theta;       /* dual variables, float32 */
+    const void **g;      /* gradients (float32 or bfloat16) */
+    float **buf;         /* momentum buffers (float32) or NULL entries */
+    const int64_t *numel;
+    const double *gscale; /* per-tensor factor on g (the normalised step's 1/(||g||_q+eps)), or NULL */
+    int w_dtype, g_dtype;
+    int own;              /* weights are their own dual (p = 2, float32): only theta is written */
+    double alpha, decay, mu, e, omax;
+    int kind, n;
+    int stream;           /* non-temporal stores for float32 weights */
+} md_args;
+
+/* m[j] <- sign(th[j]) * min(|th[j]|^e, omax) for the cheap kinds, in one pass (inlined per kind) */
+static inline __attribute__((always_inline)) float cheap_inverse(float t, int kind, float omax) {
+    float a = fabsf(t), r;
+    if (kind == K_SQUARE) r = a * a;
+    else if (kind == K_SQRT) r = sqrtf(a);
+    else r = a;
+    return copysignf(r < omax ? r : omax, t);
+}
+
+static inline __attribute__((always_inline)) void inverse_block(float *restrict m, const float *restrict th, int L,
+                                                                int kind, float omax) {
+    for (int j = 0; j < L; j++) m[j] = cheap_inverse(th[j], kind, omax);
+}
+
+static void process(const md_args *A, int t, int64_t s, int64_t end) {
+    float d[BLK] __attribute__((aligned(64)));
+    float th[BLK] __attribute__((aligned(64)));
+    float m[BLK] __attribute__((aligned(64)));
+    float *theta = A->theta[t];
+    float *buf = A->buf ? A->buf[t] : NULL;
+    const float gs = A->gscale ? (float)A->gscale[t] : 1.0f;
+    const float alpha = (float)A->alpha, decay = (float)A->decay, mu = (float)A->mu;
+    const float omax = (float)A->omax;
+    const int plain = A->g_dtype == DT_F32 && !A->gscale && !buf && A->decay == 1.0;
+    for (int64_t b = s; b < end; b += BLK) {
+        int L = end - b < BLK ? (int)(end - b) : BLK, j;
+        float *tt = theta + b;
+        /* 1. the dual update: th = theta = decay*theta + alpha*d */
+        if (plain) { /* the common case in one pass */
+            const float *g = (const float *)A->g[t] + b;
+            for (j = 0; j < L; j++) { float x = tt[j] + alpha * g[j]; tt[j] = x; th[j] = x; }
+        } else {
+            if (A->g_dtype == DT_F32) {
+                const float *g = (const float *)A->g[t] + b;
+                for (j = 0; j < L; j++) d[j] = g[j] * gs;
+            } else {
+                const uint16_t *g = (const uint16_t *)A->g[t] + b;
+                for (j = 0; j < L; j++) d[j] = bf16_to_f32(g[j]) * gs;
+            }
+            if (buf) {
+                float *bb = buf + b;
+                for (j = 0; j < L; j++) { bb[j] = mu * bb[j] + d[j]; d[j] = bb[j]; }
+            }
+            for (j = 0; j < L; j++) { float x = tt[j] * decay + alpha * d[j]; tt[j] = x; th[j] = x; }
+        }
+        if (A->own)
+            continue;
+        /* 2. the inverse map into m */
+        switch (A->kind) {
+        case K_IDENTITY: inverse_block(m, th, L, K_IDENTITY, omax); break;
+        case K_SQUARE: inverse_block(m, th, L, K_SQUARE, omax); break;
+        case K_SQRT: inverse_block(m, th, L, K_SQRT, omax); break;
+        default: {
+            int L8 = A->kind == K_GENERAL ? (L + 15) & ~15 : L;
+            for (j = 0; j < L; j++) m[j] = fabsf(th[j]);
+            for (j = L; j < L8; j++) m[j] = 0.0f;
+            pow_block(m, L8, A->kind, A->n, A->e);
+            for (j = 0; j < L; j++) m[j] = copysignf(m[j] < omax ? m[j] : omax, th[j]);
+        }
+        }
+        /* 3. the weights */
+        if (A->w_dtype == DT_F32) {
+            store_w_f32((float *)A->w[t] + b, m, L, A->stream && A->numel[t] >= STREAM_MIN);
+        } else {
+            uint16_t *w = (uint16_t *)A->w[t] + b;
+            for (j = 0; j < L; j++) w[j] = f32_to_bf16(m[j]);
+        }
+    }
+}
+
+static int64_t *chunk_starts(int nt, const int64_t *numel) {
+    int64_t *starts = (int64_t *)malloc(sizeof(int64_t) * (nt + 1));
+    if (!starts) return NULL;
+    starts[0] = 0;
+    for (int t = 0; t < nt; t++) starts[t + 1] = starts[t] + (numel[t] + CHUNK - 1) / CHUNK;
+    return starts;
+}
+
+static int find_tensor(const int64_t *starts, int nt, int64_t c) {
+    int lo = 0, hi = nt - 1; /* the last t with starts[t] <= c */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (starts[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
+int attnopt_md_step(int nt, void **w, float **theta, const void **g, float **buf, const int64_t *numel,
+                    const double *gscale, int w_dtype, int g_dtype, int own, double alpha, double decay,
+                    double mu, int kind, int n, double e, double omax, int stream, int nthreads) {
+    md_args A = {nt, w, theta, g, buf, numel, gscale, w_dtype, g_dtype, own, alpha, decay, mu, e, omax,
+                 kind, n, stream};
+    int64_t *starts = chunk_starts(nt, numel);
+    if (!starts) return -1;
+    int64_t total = starts[nt];
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+    for (int64_t c = 0; c < total; c++) {
+        int t = find_tensor(starts, nt, c);
+        int64_t s = (c - starts[t]) * CHUNK;
+        int64_t end = s + CHUNK < numel[t] ? s + CHUNK : numel[t];
+        process(&A, t, s, end);
+    }
+#if defined(__AVX512F__) || defined(__AVX__)
+    _mm_sfence();
+#endif
+    free(starts);
+    return 0;
+}
+
+int64_t attnopt_count_nonfinite(int nt, const void **g, const int64_t *numel, int g_dtype, int nthreads) {
+    int64_t *starts = chunk_starts(nt, numel);
+    if (!starts) return -1;
+    int64_t total = starts[nt], count = 0;
+#pragma omp parallel for schedule(static) reduction(+ : count) num_threads(nthreads)
+    for (int64_t c = 0; c < total; c++) {
+        int t = find_tensor(starts, nt, c);
+        int64_t s = (c - starts[t]) * CHUNK;
+        int64_t end = s + CHUNK < numel[t] ? s + CHUNK : numel[t];
+        int32_t local = 0;
+        if (g_dtype == DT_F32) {
+            const uint32_t *x = (const uint32_t *)g[t];
+            for (int64_t i = s; i < end; i++) local += (x[i] & 0x7f800000u) == 0x7f800000u;
+        } else {
+            const uint16_t *x = (const uint16_t *)g[t];
+            for (int64_t i = s; i < end; i++) local += (x[i] & 0x7f80u) == 0x7f80u;
+        }
+        count += local;
+    }
+    free(starts);
+    return count;
+}

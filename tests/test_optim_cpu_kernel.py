@@ -1,0 +1,165 @@
+"""The fused CPU kernel (``MirrorDescent(fused=True)`` on CPU tensors): what the shared
+path tests in test_optim.py do not reach — every exponent route on multi-chunk tensors with
+ragged tails and the non-temporal store, the float32 and float64 general powers, the
+fallback for tensors the kernel does not take, the exact non-finite count, the build cache
+and its errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sysconfig
+import warnings
+
+import pytest
+import torch
+
+from attnopt.mirror import grad_psi_star
+from attnopt.optim import MirrorDescent, NonFiniteGradientError
+from attnopt.optim import _cpu
+from optim_reference import dual_tolerance, grads_like, make_params, reference_step
+
+CC = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason="no C compiler for the fused CPU kernel")
+
+
+def _steps(params, opt, k0=0, n=2):
+    for k in range(n):
+        for x, g in zip(params, grads_like(params, seed=k0 + k)):
+            x.grad = g
+        opt.step()
+
+
+# p = 2 (own dual), 1.5 (square), 3 (sqrt), 1.1 / 1.01 (int), 1.4 (half-int), 1.3 / 1.75 / 5
+# (general, float32 power), 1.15 (general with 1/(p-1) > 4: the float64 power)
+@pytest.mark.parametrize("p", [2.0, 1.5, 3.0, 1.1, 1.01, 1.4, 1.3, 1.75, 5.0, 1.15])
+def test_every_route_on_large_ragged_tensors_against_float64(p):
+    shapes = [(300_001,), (70, 301), (5,)]  # several chunks, the streamed store, ragged tails
+    params = make_params(*shapes)
+    w0 = [x.detach().clone() for x in params]
+    grads = grads_like(params)
+    for x, g in zip(params, grads):
+        x.grad = g.clone()
+    lr = 0.01
+    MirrorDescent(params, lr=lr, p=p, fused=True).step()
+    for x, w, g in zip(params, w0, grads):
+        ref, _ = reference_step(w, g, lr=lr, p=p)
+        tol = dual_tolerance(ref, w, lr * g.double(), p)
+        err = (x.detach().double() - ref).abs()
+        assert bool((err <= tol).all()), f"p={p}: max excess {(err - tol).max().item():.3g}"
+
+
+@pytest.mark.parametrize("p", [1.3, 1.75, 2.5, 5.0, 1.15, 1.07])  # float32 power; float64 for the last two
+def test_general_power_over_the_whole_float32_range(p):
+    """Zero gradient, so W must come back through ∇ψ*(∇ψ(W)): from 1e-44 (subnormal) to 3e38,
+    with the inverse map's over/underflow clamped or flushed as the eager path does."""
+    mags = torch.logspace(-44, 38, 4001, dtype=torch.float64).float()
+    w = torch.nn.Parameter(torch.cat([mags, -mags, torch.zeros(3)]))
+    ref = w.detach().clone()
+    with warnings.catch_warnings():  # p > 2: "weights beyond float32 θ's range" (tested elsewhere)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        opt = MirrorDescent([w], lr=0.1, p=p, fused=True)
+        w.grad = torch.zeros_like(w)
+        opt.step()
+    theta = opt.state[w]["dual"]
+    want = grad_psi_star(theta.double(), p).clamp(-torch.finfo(torch.float32).max, torch.finfo(torch.float32).max)
+    got = w.detach().double()
+    assert bool(torch.isfinite(got).all())
+    # within a few float32 ulp of the exact inverse of the stored θ (and exactly 0 at 0)
+    tiny = torch.finfo(torch.float32).smallest_normal
+    rel = ((got - want).abs() / want.abs().clamp_min(tiny))
+    assert rel.max().item() <= 8 * 2.0**-24, rel.max().item()
+    assert bool((got[-3:] == 0).all()) and bool((got.sign() == ref.double().sign())[want.abs() > tiny].all())
+
+
+def test_fallback_tensors_and_mixed_dtypes_match_the_single_tensor_path():
+    """float64 and float16 weights, a float64 dual, a non-contiguous weight: the single-tensor
+    path updates them inside the same fused call; bfloat16 goes through the kernel."""
+
+    def make():
+        gen = torch.Generator().manual_seed(3)
+        base = torch.randn(6, 9, generator=gen) * 0.1
+        return [
+            torch.nn.Parameter(torch.randn(40, 7, generator=gen) * 0.1),
+            torch.nn.Parameter((torch.randn(33, generator=gen) * 0.1).to(torch.bfloat16)),
+            torch.nn.Parameter((torch.randn(12, generator=gen) * 0.1).double()),
+            torch.nn.Parameter((torch.randn(10, generator=gen) * 0.1).half()),
+            torch.nn.Parameter(base.t()),  # non-contiguous
+        ]
+
+    a, b = make(), make()
+    assert not a[4].is_contiguous()
+    kw = dict(lr=0.03, p=1.75, momentum=0.5, weight_decay=0.1)
+    oa = MirrorDescent(a, fused=True, **kw)
+    ob = MirrorDescent(b, foreach=False, **kw)
+    for k in range(3):
+        for params, opt in ((a, oa), (b, ob)):
+            for x, g in zip(params, grads_like(params, seed=k)):
+                x.grad = g
+            opt.step()
+    for x, y in zip(a, b):
+        rtol = {torch.float32: 3e-6, torch.bfloat16: 1e-2, torch.float64: 1e-12, torch.float16: 2e-3}[x.dtype]
+        torch.testing.assert_close(x, y, rtol=rtol, atol=1e-6 if x.dtype != torch.float64 else 1e-14)
+    # a float64 dual for float32 weights: the fallback too
+    c, d = make_params((20, 3)), make_params((20, 3))
+    oc = MirrorDescent(c, lr=0.05, p=1.3, fused=True, dual_dtype=torch.float64)
+    od = MirrorDescent(d, lr=0.05, p=1.3, foreach=False, dual_dtype=torch.float64)
+    _steps(c, oc)
+    _steps(d, od)
+    torch.testing.assert_close(c[0], d[0], rtol=1e-7, atol=0)
+
+
+def test_the_step_bumps_the_version_counter_like_an_in_place_op():
+    w = make_params((8, 3))[0]
+    opt = MirrorDescent([w], lr=0.1, p=1.5, fused=True)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    v = w._version
+    opt.step()
+    assert w._version > v  # autograd sees the in-place write (a saved w would be flagged)
+    # and the optimizer does not mistake its own write for an outside edit: θ is kept
+    theta = opt.state[w]["dual"]
+    opt.step()
+    assert opt.state[w]["dual"] is theta
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_count_is_exact_and_raise_or_skip_change_nothing(dtype, bad):
+    g = torch.zeros(50_000, dtype=dtype)
+    g[[0, 17, 49_999]] = bad
+    assert _cpu.count_nonfinite([g, torch.ones(3, dtype=dtype)]) == 3
+    assert _cpu.count_nonfinite([torch.full((7,), torch.finfo(dtype).max, dtype=dtype)]) == 0
+
+    params = make_params((300, 200), (9,), dtype=dtype)
+    opt = MirrorDescent(params, lr=0.1, p=1.5, fused=True)
+    _steps(params, opt, n=1)
+    before = [x.detach().clone() for x in params]
+    params[0].grad[123, 45] = bad
+    with pytest.raises(NonFiniteGradientError, match=r"parameter 0 .*shape \(300, 200\)"):
+        opt.step()
+    for x, b in zip(params, before):
+        assert torch.equal(x.detach(), b)
+    opt.nonfinite = "skip"
+    opt.step()
+    assert opt.skipped_steps == 1
+    for x, b in zip(params, before):
+        assert torch.equal(x.detach(), b)
+
+
+def test_build_is_cached_and_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATTNOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_cpu, "_lib", None)
+    _cpu.load()
+    built = list((tmp_path / "kernels").glob("attnopt_md_*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_cpu, "_lib", None)
+    _cpu.load()  # same source, compiler and CPU: the cached library is loaded, not rebuilt
+    assert built[0].stat().st_mtime_ns == stamp
+    assert list((tmp_path / "kernels").glob("*.so")) == built
+
+    monkeypatch.setattr(_cpu, "_lib", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(RuntimeError, match="C compiler"):
+        MirrorDescent([torch.nn.Parameter(torch.ones(2))], lr=0.1, p=1.5, fused=True)
