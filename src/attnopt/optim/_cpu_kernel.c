@@ -178,22 +178,21 @@ static void pow_block(float *restrict m, int L, int kind, int n, double e) {
         for (j = 0; j < L; j++) m[j] = sqrtf(m[j]);
         break;
     case K_INT:
-    case K_HALFINT: {
-        float base[BLK] __attribute__((aligned(64)));
-        float res[BLK] __attribute__((aligned(64)));
-        for (j = 0; j < L; j++) { base[j] = m[j]; res[j] = 1.0f; }
-        for (int bitsleft = n; bitsleft; bitsleft >>= 1) {
-            if (bitsleft & 1)
-                for (j = 0; j < L; j++) res[j] *= base[j];
-            if (bitsleft >> 1)
-                for (j = 0; j < L; j++) base[j] *= base[j];
+    case K_HALFINT: /* binary powering, one vector at a time (L is a multiple of VF_LANES) */
+        for (j = 0; j < L; j += VF_LANES) {
+            v16f a, base, res = (v16f){0} + 1.0f;
+            memcpy(&a, m + j, sizeof a);
+            base = a;
+            for (int left = n; left; left >>= 1) {
+                if (left & 1) res *= base;
+                if (left >> 1) base *= base;
+            }
+            if (kind == K_HALFINT)
+                for (int i = 0; i < VF_LANES; i++) res[i] *= sqrtf(a[i]);
+            memcpy(m + j, &res, sizeof res);
         }
-        if (kind == K_HALFINT)
-            for (j = 0; j < L; j++) res[j] *= sqrtf(m[j]);
-        for (j = 0; j < L; j++) m[j] = res[j];
         break;
-    }
-    default: /* K_GENERAL; L is a multiple of 16 here (the caller pads) */
+    default: /* K_GENERAL */
         if (e <= E_F32_MAX) {
             float e_hi = (float)e;
             uint32_t u;
@@ -307,7 +306,7 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         case K_SQUARE: inverse_block(m, th, L, K_SQUARE, omax); break;
         case K_SQRT: inverse_block(m, th, L, K_SQRT, omax); break;
         default: {
-            int L8 = A->kind == K_GENERAL ? (L + 15) & ~15 : L;
+            int L8 = (L + 15) & ~15; /* whole vectors */
             for (j = 0; j < L; j++) m[j] = fabsf(th[j]);
             for (j = L; j < L8; j++) m[j] = 0.0f;
             pow_block(m, L8, A->kind, A->n, A->e);
@@ -373,12 +372,18 @@ int64_t attnopt_count_nonfinite(int nt, const void **g, const int64_t *numel, in
         int64_t s = (c - starts[t]) * CHUNK;
         int64_t end = s + CHUNK < numel[t] ? s + CHUNK : numel[t];
         int32_t local = 0;
-        if (g_dtype == DT_F32) {
+        if (g_dtype == DT_F32) { /* max of the exponent fields: all ones iff NaN/inf somewhere */
             const uint32_t *x = (const uint32_t *)g[t];
-            for (int64_t i = s; i < end; i++) local += (x[i] & 0x7f800000u) == 0x7f800000u;
+            uint32_t mx = 0;
+            for (int64_t i = s; i < end; i++) { uint32_t ex = x[i] & 0x7f800000u; mx = ex > mx ? ex : mx; }
+            if (mx == 0x7f800000u)
+                for (int64_t i = s; i < end; i++) local += (x[i] & 0x7f800000u) == 0x7f800000u;
         } else {
             const uint16_t *x = (const uint16_t *)g[t];
-            for (int64_t i = s; i < end; i++) local += (x[i] & 0x7f80u) == 0x7f80u;
+            uint16_t mx = 0;
+            for (int64_t i = s; i < end; i++) { uint16_t ex = x[i] & 0x7f80u; mx = ex > mx ? ex : mx; }
+            if (mx == 0x7f80u)
+                for (int64_t i = s; i < end; i++) local += (x[i] & 0x7f80u) == 0x7f80u;
         }
         count += local;
     }
