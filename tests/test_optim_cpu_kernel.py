@@ -148,7 +148,7 @@ def test_nonfinite_count_is_exact_and_raise_or_skip_change_nothing(dtype, bad):
 
 
 def test_build_is_cached_and_a_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("ATTNOPT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("ATTNOPT_CACHE", str(tmp_path))
     monkeypatch.setattr(_cpu, "_lib", None)
     _cpu.load()
     built = list((tmp_path / "kernels").glob("attnopt_md_*.so"))

@@ -2,7 +2,7 @@ r"""The ``fused=True`` path on CPU: one C kernel call per step for a whole list 
 
 The kernel (``_cpu_kernel.c`` beside this file) is compiled at first use with the system C
 compiler (``$CC``, else Python's, else ``cc``) as ``-O3 -march=native -fopenmp`` and cached
-under ``$ATTNOPT_CACHE_DIR`` (default ``~/.cache/attnopt/kernels``), keyed by the source, the
+under ``$ATTNOPT_CACHE/kernels`` (default ``~/.cache/attnopt/kernels``, beside the token cache), keyed by the source, the
 compiler and the CPU, then loaded with :mod:`ctypes`; a second process reuses the cached
 library.  It reads g and θ once and writes θ and w once per element, writing large float32
 weights with non-temporal stores, and counts non-finite gradient entries in one read (the
@@ -54,11 +54,8 @@ def _compiler() -> list[str]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ATTNOPT_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "kernels"
-    xdg = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(xdg) / "attnopt" / "kernels"
+    root = os.environ.get("ATTNOPT_CACHE")  # the same folder as the token cache (attnopt.data)
+    return (Path(root).expanduser() if root else Path.home() / ".cache" / "attnopt") / "kernels"
 
 
 def _cpu_signature() -> str:

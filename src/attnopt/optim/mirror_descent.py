@@ -14,7 +14,8 @@ parameters do not lose small updates (θ accumulates them in float32 or wider).
 Layout follows :mod:`torch.optim.sgd`: :class:`MirrorDescent` validates hyper-parameters
 and owns the state; :func:`mirror_descent` is the functional core, which dispatches to a
 single-tensor, a foreach (``torch._foreach_*``), a compiled (``torch.compile``) or a fused
-(Triton, CUDA) implementation.
+implementation (a C kernel on CPU, :mod:`attnopt.optim._cpu`; a Triton kernel on CUDA,
+:mod:`attnopt.optim._triton`).
 """
 
 from __future__ import annotations
@@ -166,10 +167,14 @@ class MirrorDescent(Optimizer):
         foreach (bool, optional): use the ``torch._foreach_*`` implementation.  Default
             (None): as torch does — on when every parameter is on a foreach-capable device
             (CUDA and the like), the single-tensor loop otherwise (CPU).
-        fused (bool, optional): use the fused Triton kernel (CUDA parameters, ``triton``
-            installed: ``pip install "attnopt[triton]"``).  Default: off.
+        fused (bool, optional): one kernel call per step for the whole group, the fastest
+            path on both devices.  On CPU: a C kernel compiled at first use with the system
+            C compiler (about a second, then cached in ``$ATTNOPT_CACHE/kernels``) for
+            float32/bfloat16 weights; other tensors of the group take the single-tensor path
+            in the same step.  On CUDA: a Triton kernel (``pip install "attnopt[triton]"``).
+            Default: off.
         compiled (bool, optional): run the step as one ``torch.compile``'d graph (Inductor;
-            on CPU a single fused C++ loop, the fastest CPU path).  The first step of each
+            on CPU one C++ loop per tensor).  The first step of each
             new shape/dtype/option combination compiles (tens of seconds).  Default: off.
         dual_dtype (torch.dtype, optional): dtype of θ (and of the momentum buffer).
             Default: the wider of the parameter dtype and float32.
