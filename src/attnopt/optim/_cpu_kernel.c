@@ -267,6 +267,37 @@ static inline __attribute__((always_inline)) void inverse_block(float *restrict 
     for (int j = 0; j < L; j++) m[j] = cheap_inverse(th[j], kind, omax);
 }
 
+#if defined(__AVX512F__)
+/* The common case in registers: float32 g, theta and w, no scale/momentum/decay, a cheap
+ * inverse map (identity, square, sqrt).  One pass: load g and theta, store theta, stream w. */
+static inline __attribute__((always_inline)) void cheap_f32_avx512(float *restrict w, float *restrict theta,
+                                                                   const float *restrict g, int64_t n, float alpha,
+                                                                   int kind, float omax, int stream) {
+    int64_t i = 0;
+    if (stream)
+        for (; i < n && ((uintptr_t)(w + i) & 63); i++) {
+            theta[i] += alpha * g[i];
+            w[i] = cheap_inverse(theta[i], kind, omax);
+        }
+    const __m512 va = _mm512_set1_ps(alpha), vmax = _mm512_set1_ps(omax), sign = _mm512_set1_ps(-0.0f);
+    for (; i + 16 <= n; i += 16) {
+        __m512 t = _mm512_fmadd_ps(va, _mm512_loadu_ps(g + i), _mm512_loadu_ps(theta + i));
+        _mm512_storeu_ps(theta + i, t);
+        __m512 a = _mm512_andnot_ps(sign, t), r;
+        if (kind == K_SQUARE) r = _mm512_mul_ps(a, a);
+        else if (kind == K_SQRT) r = _mm512_sqrt_ps(a);
+        else r = a;
+        r = _mm512_or_ps(_mm512_min_ps(r, vmax), _mm512_and_ps(t, sign));
+        if (stream) _mm512_stream_ps(w + i, r);
+        else _mm512_storeu_ps(w + i, r);
+    }
+    for (; i < n; i++) {
+        theta[i] += alpha * g[i];
+        w[i] = cheap_inverse(theta[i], kind, omax);
+    }
+}
+#endif
+
 static void process(const md_args *A, int t, int64_t s, int64_t end) {
     float d[BLK] __attribute__((aligned(64)));
     float th[BLK] __attribute__((aligned(64)));
@@ -277,6 +308,20 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
     const float alpha = (float)A->alpha, decay = (float)A->decay, mu = (float)A->mu;
     const float omax = (float)A->omax;
     const int plain = A->g_dtype == DT_F32 && !A->gscale && !buf && A->decay == 1.0;
+#if defined(__AVX512F__)
+    if (plain && !A->own && A->w_dtype == DT_F32 && A->kind <= K_SQRT) {
+        float *w = (float *)A->w[t] + s;
+        const float *g = (const float *)A->g[t] + s;
+        int stream = A->stream && A->numel[t] >= STREAM_MIN;
+        int64_t len = end - s;
+        switch (A->kind) { /* constant kinds, so that each loop is specialised */
+        case K_IDENTITY: cheap_f32_avx512(w, theta + s, g, len, alpha, K_IDENTITY, omax, stream); break;
+        case K_SQUARE: cheap_f32_avx512(w, theta + s, g, len, alpha, K_SQUARE, omax, stream); break;
+        default: cheap_f32_avx512(w, theta + s, g, len, alpha, K_SQRT, omax, stream);
+        }
+        return;
+    }
+#endif
     for (int64_t b = s; b < end; b += BLK) {
         int L = end - b < BLK ? (int)(end - b) : BLK, j;
         float *tt = theta + b;
