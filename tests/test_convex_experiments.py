@@ -11,8 +11,17 @@ from typer.testing import CliRunner
 from attnopt.convex.cli import app
 from attnopt.convex.config import ConfigError
 from attnopt.data.modular import division_equations, split_equations
+from attnopt.data.shared import data_root
+from attnopt.data.text import SST2_FILE, TOKENIZER_FILE
 from attnopt.experiments.convex_modular import ModularConfig, run_modular
 from attnopt.experiments.convex_student_teacher import StudentTeacherConfig, run_student_teacher
+
+
+# SST-2 and the tokenizer come from the shared data folder (as the IMDB tests, skip without it)
+needs_data = pytest.mark.skipif(
+    not all((data_root() / f).is_file() for f in (SST2_FILE, TOKENIZER_FILE)),
+    reason="shared data folder not available",
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,6 +55,7 @@ def test_split_is_seeded_and_disjoint():
         split_equations(11, 1.0)
 
 
+@needs_data
 def test_text_encoder_and_sst2(tmp_path):
     from attnopt.data.text import MiniLMEncoder, load_sst2, tokenize
 
@@ -104,6 +114,7 @@ ST_SMALL = dict(num_train=48, num_test=16, max_len=12, target_dim=4, convex_max_
                 beta_path=(0.5, 0.1))
 
 
+@needs_data
 def test_student_teacher_reduced_run(tmp_path):
     res = run_student_teacher(ST_SMALL, out=tmp_path / "st")
     for f in ("config.json", "summary.json", "report.md", "objective.png", "attention.png",

@@ -129,6 +129,17 @@ static inline v16f vpow_f32(v16f a, float e_hi, float e_lo, float e) {
     return (v16f)((v16i)((p * s1) * s2) & nonzero);
 }
 
+/* e = e_hi + e_lo with e_hi holding 12 significant bits (so e_hi * k is exact for |k| < 2^11) */
+static inline void split_exponent(double e, float *e_hi, float *e_lo) {
+    float hi = (float)e;
+    uint32_t u;
+    memcpy(&u, &hi, 4);
+    u &= 0xfffff000u;
+    memcpy(&hi, &u, 4);
+    *e_hi = hi;
+    *e_lo = (float)(e - (double)hi);
+}
+
 #if defined(__AVX512F__)
 /* The same computation with AVX-512's exponent/mantissa extraction (subnormals included),
  * a refined reciprocal instead of the division, and vscalefps for 2^n (which rounds once
@@ -194,12 +205,8 @@ static void pow_block(float *restrict m, int L, int kind, int n, double e) {
         break;
     default: /* K_GENERAL */
         if (e <= E_F32_MAX) {
-            float e_hi = (float)e;
-            uint32_t u;
-            memcpy(&u, &e_hi, 4);
-            u &= 0xfffff000u; /* keep 12 significant bits */
-            memcpy(&e_hi, &u, 4);
-            float e_lo = (float)(e - (double)e_hi);
+            float e_hi, e_lo;
+            split_exponent(e, &e_hi, &e_lo);
 #if defined(__AVX512F__)
             for (j = 0; j < L; j += 16)
                 _mm512_storeu_ps(m + j, vpow_f32_avx512(_mm512_loadu_ps(m + j), e_hi, e_lo, (float)e));
@@ -268,32 +275,53 @@ static inline __attribute__((always_inline)) void inverse_block(float *restrict 
 }
 
 #if defined(__AVX512F__)
-/* The common case in registers: float32 g, theta and w, no scale/momentum/decay, a cheap
- * inverse map (identity, square, sqrt).  One pass: load g and theta, store theta, stream w. */
-static inline __attribute__((always_inline)) void cheap_f32_avx512(float *restrict w, float *restrict theta,
-                                                                   const float *restrict g, int64_t n, float alpha,
-                                                                   int kind, float omax, int stream) {
-    int64_t i = 0;
-    if (stream)
-        for (; i < n && ((uintptr_t)(w + i) & 63); i++) {
-            theta[i] += alpha * g[i];
-            w[i] = cheap_inverse(theta[i], kind, omax);
+/* The common case in registers: float32 g, theta and w, no scale/momentum/decay, and an
+ * inverse map computed in float32 (every kind but a general e > E_F32_MAX).  One pass: load
+ * g and theta, store theta, stream w. */
+typedef struct { int kind, n; float e_hi, e_lo, e; } pow_params;
+
+static inline __attribute__((always_inline)) __m512 vinverse_avx512(__m512 t, int kind, const pow_params *P,
+                                                                    __m512 vmax) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    __m512 a = _mm512_andnot_ps(sign, t), r;
+    if (kind == K_SQUARE) {
+        r = _mm512_mul_ps(a, a);
+    } else if (kind == K_SQRT) {
+        r = _mm512_sqrt_ps(a);
+    } else if (kind == K_INT || kind == K_HALFINT) {
+        __m512 base = a;
+        r = _mm512_set1_ps(1.0f);
+        for (int left = P->n; left; left >>= 1) {
+            if (left & 1) r = _mm512_mul_ps(r, base);
+            if (left >> 1) base = _mm512_mul_ps(base, base);
         }
-    const __m512 va = _mm512_set1_ps(alpha), vmax = _mm512_set1_ps(omax), sign = _mm512_set1_ps(-0.0f);
+        if (kind == K_HALFINT) r = _mm512_mul_ps(r, _mm512_sqrt_ps(a));
+    } else if (kind == K_GENERAL) {
+        r = vpow_f32_avx512(a, P->e_hi, P->e_lo, P->e);
+    } else {
+        r = a;
+    }
+    return _mm512_or_ps(_mm512_min_ps(r, vmax), _mm512_and_ps(t, sign));
+}
+
+static inline __attribute__((always_inline)) void step_f32_avx512(float *restrict w, float *restrict theta,
+                                                                  const float *restrict g, int64_t n, float alpha,
+                                                                  int kind, const pow_params *P, float omax,
+                                                                  int stream) {
+    const __m512 va = _mm512_set1_ps(alpha), vmax = _mm512_set1_ps(omax);
+    int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512 t = _mm512_fmadd_ps(va, _mm512_loadu_ps(g + i), _mm512_loadu_ps(theta + i));
         _mm512_storeu_ps(theta + i, t);
-        __m512 a = _mm512_andnot_ps(sign, t), r;
-        if (kind == K_SQUARE) r = _mm512_mul_ps(a, a);
-        else if (kind == K_SQRT) r = _mm512_sqrt_ps(a);
-        else r = a;
-        r = _mm512_or_ps(_mm512_min_ps(r, vmax), _mm512_and_ps(t, sign));
-        if (stream) _mm512_stream_ps(w + i, r);
+        __m512 r = vinverse_avx512(t, kind, P, vmax);
+        if (stream && !((uintptr_t)(w + i) & 63)) _mm512_stream_ps(w + i, r);
         else _mm512_storeu_ps(w + i, r);
     }
-    for (; i < n; i++) {
-        theta[i] += alpha * g[i];
-        w[i] = cheap_inverse(theta[i], kind, omax);
+    if (i < n) { /* the ragged tail, masked */
+        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
+        __m512 t = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, g + i), _mm512_maskz_loadu_ps(k, theta + i));
+        _mm512_mask_storeu_ps(theta + i, k, t);
+        _mm512_mask_storeu_ps(w + i, k, vinverse_avx512(t, kind, P, vmax));
     }
 }
 #endif
@@ -309,15 +337,20 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
     const float omax = (float)A->omax;
     const int plain = A->g_dtype == DT_F32 && !A->gscale && !buf && A->decay == 1.0;
 #if defined(__AVX512F__)
-    if (plain && !A->own && A->w_dtype == DT_F32 && A->kind <= K_SQRT) {
+    if (plain && !A->own && A->w_dtype == DT_F32 && !(A->kind == K_GENERAL && A->e > E_F32_MAX)) {
         float *w = (float *)A->w[t] + s;
         const float *g = (const float *)A->g[t] + s;
         int stream = A->stream && A->numel[t] >= STREAM_MIN;
         int64_t len = end - s;
+        pow_params P = {A->kind, A->n, 0.0f, 0.0f, (float)A->e};
+        split_exponent(A->e, &P.e_hi, &P.e_lo);
         switch (A->kind) { /* constant kinds, so that each loop is specialised */
-        case K_IDENTITY: cheap_f32_avx512(w, theta + s, g, len, alpha, K_IDENTITY, omax, stream); break;
-        case K_SQUARE: cheap_f32_avx512(w, theta + s, g, len, alpha, K_SQUARE, omax, stream); break;
-        default: cheap_f32_avx512(w, theta + s, g, len, alpha, K_SQRT, omax, stream);
+        case K_IDENTITY: step_f32_avx512(w, theta + s, g, len, alpha, K_IDENTITY, &P, omax, stream); break;
+        case K_SQUARE: step_f32_avx512(w, theta + s, g, len, alpha, K_SQUARE, &P, omax, stream); break;
+        case K_SQRT: step_f32_avx512(w, theta + s, g, len, alpha, K_SQRT, &P, omax, stream); break;
+        case K_INT: step_f32_avx512(w, theta + s, g, len, alpha, K_INT, &P, omax, stream); break;
+        case K_HALFINT: step_f32_avx512(w, theta + s, g, len, alpha, K_HALFINT, &P, omax, stream); break;
+        default: step_f32_avx512(w, theta + s, g, len, alpha, K_GENERAL, &P, omax, stream);
         }
         return;
     }
