@@ -86,7 +86,7 @@ def train(
     weight_decay: Annotated[Optional[float], typer.Option(help="weight decay (default 0.01 for adamw, else 0)")] = None,
     md_normalize: Annotated[bool, typer.Option(help="normalised MD step (gradient / its q-norm)")] = False,
     md_impl: Annotated[str, typer.Option(
-        help="MD implementation: auto (fused on CUDA with Triton), single, foreach, compiled or fused")] = "auto",
+        help="MD implementation: auto (fused: Triton on CUDA, the C kernel on CPU), single, foreach, compiled or fused")] = "auto",
     md_nonfinite: Annotated[str, typer.Option(help="MD NaN-gradient check: auto, raise or ignore")] = "auto",
     seed: Annotated[List[int], typer.Option(help="seed; repeat for several runs (each in OUT/seedN)")] = [0],
     batch_size: Annotated[int, typer.Option(help="batch size")] = 100,

@@ -36,6 +36,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -213,13 +214,27 @@ class TrainConfig:
 # --------------------------------------------------------------------------- optimisers
 
 
+def _cpu_kernel_builds() -> bool:
+    """Whether MirrorDescent(fused=True) can build its CPU kernel here (a C compiler exists)."""
+    from attnopt.optim import _cpu
+
+    try:
+        _cpu.load()
+    except RuntimeError as exc:
+        warnings.warn(f"md-impl auto: the fused CPU kernel is unavailable, using the single-tensor path ({exc})",
+                      RuntimeWarning, stacklevel=3)
+        return False
+    return True
+
+
 def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter],
                    device: torch.device | None = None) -> torch.optim.Optimizer:
     """The configured optimiser: plain ℓp mirror descent (no momentum / decay / schedule) or a baseline.
 
     For MD, ``md_impl`` picks the implementation of :class:`attnopt.optim.MirrorDescent`
-    (``auto``: the fused Triton kernel on a CUDA device when Triton is installed, else torch's
-    rule — foreach on GPU, single-tensor on CPU) and ``md_nonfinite`` its NaN-gradient check
+    (``auto``: the fused kernel — Triton on a CUDA device when Triton is installed, the C
+    kernel on CPU when a C compiler can build it — else torch's rule: foreach on GPU,
+    single-tensor on CPU) and ``md_nonfinite`` its NaN-gradient check
     (``auto``: ``raise`` on CPU; ``ignore`` on GPU, where the check would cost a host
     synchronisation per step — the training loop's loss check then stops the run).
     """
@@ -233,6 +248,8 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter],
         impl = {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True},
                 "compiled": {"compiled": True}, "fused": {"fused": True}}[cfg.md_impl]
         if cfg.md_impl == "auto" and on_gpu and importlib.util.find_spec("triton") is not None:
+            impl = {"fused": True}
+        elif cfg.md_impl == "auto" and not on_gpu and _cpu_kernel_builds():
             impl = {"fused": True}
         nonfinite = cfg.md_nonfinite if cfg.md_nonfinite != "auto" else ("ignore" if on_gpu else "raise")
         return MirrorDescent(params, lr=lr, p=cfg.p, normalize=cfg.md_normalize, weight_decay=wd,
