@@ -123,6 +123,30 @@ _TRITON_SCRIPT = textwrap.dedent(
         oa.step()
     snap = oa._snapshots[0]
     assert snap.has_grad == [True, False] and snap.params is oa._fused_plans[0].source
+    # the per-step table of gradient addresses and scalars: reused while both repeat, rebuilt
+    # when a gradient moves or the learning rate changes
+    a = make_params((40, 30), (7,))
+    b = make_params((40, 30), (7,))
+    oa = MirrorDescent(a, lr=0.02, p=1.3, fused=True)
+    ob = MirrorDescent(b, lr=0.02, p=1.3, foreach=False)
+    ga, gb = grads_like(a, seed=50), grads_like(b, seed=50)
+    for x, g in zip(a, ga):
+        x.grad = g
+    for x, g in zip(b, gb):
+        x.grad = g
+    tables = []
+    for k in range(5):
+        if k == 2:
+            a[0].grad, b[0].grad = ga[0] * 2, gb[0] * 2  # new storage
+        if k == 3:
+            oa.param_groups[0]["lr"] = ob.param_groups[0]["lr"] = 0.01
+        oa.step()
+        ob.step()
+        tables.append(oa._fused_plans[0].step_tables[0][1])
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+    assert tables[1] is tables[0] and tables[2] is not tables[1] and tables[3] is not tables[2]
+    assert tables[4] is tables[3]
     print("TRITON-OK")
     """
 )

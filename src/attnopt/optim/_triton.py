@@ -158,15 +158,19 @@ class FusedPlan:
 
     :class:`~attnopt.optim.MirrorDescent` keeps one per parameter group and rebuilds it when
     a parameter or its θ was replaced; a step then only uploads the gradient addresses (and
-    the scalars).  ``fused_mirror_descent`` without a plan builds a throw-away one.
+    the scalars), and not even those when they equal the last step's.  ``fused_mirror_descent`` without a plan builds a throw-away one.
     """
 
-    __slots__ = ("ids", "momentum", "batches", "source")
+    __slots__ = ("ids", "momentum", "batches", "source", "step_tables")
 
     def __init__(self, params: list[Tensor], grads: list[Tensor], duals: list[Tensor | None],
                  momentum_buffers: list[Tensor | None], momentum: bool) -> None:
         self.ids = tuple(map(id, params))
         self.source = params  # the optimizer passes the same list object while nothing changed
+        # batch index -> (host rows, device table) of the last step: reused while the gradient
+        # addresses and the scalars repeat (the caching allocator usually hands the gradients
+        # the same blocks every step), which saves the per-step host-to-device copy
+        self.step_tables: dict[int, tuple[list[int], Tensor]] = {}
         self.momentum = momentum
         groups: dict[tuple, list[int]] = {}
         for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
@@ -213,7 +217,7 @@ def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, norma
     kind = _KINDS.get(e, 3)
     decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
     alpha = lr if maximize else -lr
-    for (pdtype, ddtype, gdtype, own), idx, (bt, bst, nt, wp, tp, bp), device in plan.batches:
+    for bi, ((pdtype, ddtype, gdtype, own), idx, (bt, bst, nt, wp, tp, bp), device) in enumerate(plan.batches):
         n, nb = nt.numel(), bt.numel()
         if nb == 0:
             continue
@@ -229,7 +233,13 @@ def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, norma
             scales = [lq_scale(g, p, eps, ddtype) for g in gs]
             rows += [x.data_ptr() for x in scales]
         rows += [_f64_bits(v) for v in (alpha, decay, e, momentum, omax, float(torch.finfo(ddtype).max))]
-        step_tab = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+        cached = plan.step_tables.get(bi)
+        if cached is not None and cached[0] == rows:
+            step_tab = cached[1]
+        else:
+            step_tab = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+            if not normalize:  # the scales are new tensors every step: nothing to reuse
+                plan.step_tables[bi] = (rows, step_tab)
         gp = step_tab[:n]
         sp = step_tab[n:2 * n] if normalize else gp
         _md_kernel[(nb,)](
