@@ -4,10 +4,14 @@
  * (cc -O3 -march=native -fopenmp) and loaded with ctypes; no Python headers.
  *
  * One call updates a whole list of tensors.  The list is cut into chunks of CHUNK elements
- * that the OpenMP threads share statically; a chunk is processed in blocks of BLK elements
- * that stay in L1: per block, the direction d (the gradient times its per-tensor scale,
- * through the momentum buffer when mu != 0), the dual update theta <- decay*theta + alpha*d,
- * then the inverse map w = sign(theta)|theta|^e clamped to the weight dtype's largest value.
+ * that the OpenMP threads share statically (in a torch process the loader binds libgomp.so.1
+ * to torch's own copy, so there is one OpenMP runtime).  The common case (float32 g, theta
+ * and w; no scale, momentum or decay; an inverse map computable in float32) runs in AVX-512
+ * registers in one loop (step_f32_avx512).  Otherwise a chunk is processed in blocks of BLK
+ * elements that stay in L1: per block, the direction d (the gradient times its per-tensor
+ * scale, through the momentum buffer when mu != 0), the dual update
+ * theta <- decay*theta + alpha*d, then the inverse map w = sign(theta)|theta|^e clamped to
+ * the weight dtype's largest value.
  * Each element of g and theta is read once and theta and w are written once; float32
  * weights are written with non-temporal stores where the CPU has them, so the write of w
  * does not first read w into the cache (16 bytes moved per element instead of 20).
