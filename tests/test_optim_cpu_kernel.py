@@ -7,6 +7,7 @@ and its errors."""
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import sysconfig
 import warnings
@@ -163,3 +164,46 @@ def test_build_is_cached_and_a_missing_compiler_is_a_clear_error(tmp_path, monke
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with pytest.raises(RuntimeError, match="C compiler"):
         MirrorDescent([torch.nn.Parameter(torch.ones(2))], lr=0.1, p=1.5, fused=True)
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 targets")
+@pytest.mark.parametrize("arch", ["x86-64-v3", "x86-64"])  # AVX2 (8-lane vectors, no AVX-512), SSE2
+def test_portable_builds_agree_with_the_single_tensor_path(arch, tmp_path, monkeypatch):
+    """The code that machines without AVX-512 run (the block loops and the generic-vector
+    powers), built here for older targets and checked on every route."""
+    monkeypatch.setenv("ATTNOPT_CACHE", str(tmp_path))
+    monkeypatch.setenv(_cpu.ARCH_ENV_VAR, arch)
+    monkeypatch.setattr(_cpu, "_lib", None)
+    for p in (2.0, 1.5, 3.0, 1.1, 1.4, 1.3, 1.75, 5.0, 1.15):
+        # float32: one step against the float64 formula (a build without FMA rounds θ − ηg
+        # differently from torch, which matters only where the problem itself is ill-conditioned)
+        params = make_params((3001,), (70, 31))
+        w0 = [x.detach().clone() for x in params]
+        grads = grads_like(params)
+        for x, g in zip(params, grads):
+            x.grad = g.clone()
+        MirrorDescent(params, lr=0.02, p=p, fused=True, momentum=0.5 if p == 1.3 else 0.0).step()
+        for x, w, g in zip(params, w0, grads):
+            ref, _ = reference_step(w, g, lr=0.02, p=p)
+            err = (x.detach().double() - ref).abs() - dual_tolerance(ref, w, 0.02 * g.double(), p)
+            assert bool((err <= 0).all()), f"{arch} p={p}: max excess {err.max().item():.3g}"
+        # bfloat16 weights (float32 θ): against the single-tensor path, to a bf16 ulp
+        a = make_params((3001,), (70, 31), dtype=torch.bfloat16)
+        b = make_params((3001,), (70, 31), dtype=torch.bfloat16)
+        _steps(a, MirrorDescent(a, fused=True, lr=0.02, p=p))
+        _steps(b, MirrorDescent(b, foreach=False, lr=0.02, p=p))
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=1e-2, atol=1e-6, msg=f"{arch} p={p} bfloat16")
+    mags = torch.logspace(-44, 38, 2001, dtype=torch.float64).float()  # the general power's range
+    for p in (1.3, 2.5, 1.15):
+        w = torch.nn.Parameter(torch.cat([mags, -mags]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            opt = MirrorDescent([w], lr=0.1, p=p, fused=True)
+            w.grad = torch.zeros_like(w)
+            opt.step()
+        want = grad_psi_star(opt.state[w]["dual"].double(), p).clamp(-3.4028234663852886e38, 3.4028234663852886e38)
+        tiny = torch.finfo(torch.float32).smallest_normal
+        rel = (w.detach().double() - want).abs() / want.abs().clamp_min(tiny)
+        assert rel.max().item() <= 8 * 2.0**-24, (arch, p, rel.max().item())
+    assert len(list((tmp_path / "kernels").glob("*.so"))) == 1

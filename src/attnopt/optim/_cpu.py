@@ -1,7 +1,8 @@
 r"""The ``fused=True`` path on CPU: one C kernel call per step for a whole list of tensors.
 
 The kernel (``_cpu_kernel.c`` beside this file) is compiled at first use with the system C
-compiler (``$CC``, else Python's, else ``cc``) as ``-O3 -march=native -fopenmp`` and cached
+compiler (``$CC``, else Python's, else ``cc``) as ``-O3 -march=native -fopenmp`` (the target
+set by ``$ATTNOPT_KERNEL_ARCH``) and cached
 under ``$ATTNOPT_CACHE/kernels`` (default ``~/.cache/attnopt/kernels``, beside the token cache), keyed by the source, the
 compiler and the CPU, then loaded with :mod:`ctypes`; a second process reuses the cached
 library.  It reads g and θ once and writes θ and w once per element, writing large float32
@@ -37,11 +38,20 @@ __all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "
 SOURCE = Path(__file__).with_name("_cpu_kernel.c")
 _KINDS = {"identity": 0, "square": 1, "sqrt": 2, "int": 3, "halfint": 4, "general": 5}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-_FLAG_SETS = (
-    ["-O3", "-march=native", "-fopenmp"],
-    ["-O3", "-march=native"],  # a compiler without OpenMP (e.g. Apple clang): one thread
-    ["-O3"],
-)
+#: The target CPU: ``-march=$ATTNOPT_KERNEL_ARCH`` (default ``native``; e.g. ``x86-64-v3`` for
+#: a cache shared by machines with AVX2 but not AVX-512, or to test the portable code).
+ARCH_ENV_VAR = "ATTNOPT_KERNEL_ARCH"
+
+
+def _flag_sets() -> tuple[list[str], ...]:
+    arch = f"-march={os.environ.get(ARCH_ENV_VAR) or 'native'}"
+    return (
+        ["-O3", arch, "-fopenmp"],
+        ["-O3", arch],  # a compiler without OpenMP (e.g. Apple clang): one thread
+        ["-O3"],
+    )
+
+
 _COMMON_FLAGS = ["-fno-math-errno", "-fPIC", "-shared"]
 
 _lib: ctypes.CDLL | None = None
@@ -82,7 +92,7 @@ def _build() -> ctypes.CDLL:
         ) from exc
     source = SOURCE.read_bytes()
     errors = []
-    for flags in _FLAG_SETS:
+    for flags in _flag_sets():
         key = hashlib.sha256(
             b"\0".join([source, version.encode(), " ".join(cc + flags + _COMMON_FLAGS).encode(),
                         _cpu_signature().encode()])
