@@ -6,8 +6,8 @@
  * One call updates a whole list of tensors.  The list is cut into chunks of CHUNK elements
  * that the OpenMP threads share statically (in a torch process the loader binds libgomp.so.1
  * to torch's own copy, so there is one OpenMP runtime).  The common case (float32 g, theta
- * and w; no scale, momentum or decay; an inverse map computable in float32) runs in AVX-512
- * registers in one loop (step_f32_avx512).  Otherwise a chunk is processed in blocks of BLK
+ * and w; no scale, momentum or decay; an inverse map computable in float32) runs in vector
+ * registers in one loop (step_f32_vec).  Otherwise a chunk is processed in blocks of BLK
  * elements that stay in L1: per block, the direction d (the gradient times its per-tensor
  * scale, through the momentum buffer when mu != 0), the dual update
  * theta <- decay*theta + alpha*d, then the inverse map w = sign(theta)|theta|^e clamped to
@@ -278,57 +278,87 @@ static inline __attribute__((always_inline)) void inverse_block(float *restrict 
     for (int j = 0; j < L; j++) m[j] = cheap_inverse(th[j], kind, omax);
 }
 
-#if defined(__AVX512F__)
 /* The common case in registers: float32 g, theta and w, no scale/momentum/decay, and an
- * inverse map computed in float32 (every kind but a general e > E_F32_MAX).  One pass: load
- * g and theta, store theta, stream w. */
+ * inverse map computed in float32 (every kind but a general e > E_F32_MAX).  One pass over
+ * VF_LANES-wide vectors: load g and theta, store theta, compute w, stream it.  Written with
+ * GCC/clang vector extensions; square root, non-temporal store and the general power use
+ * the widest instructions the target has. */
 typedef struct { int kind, n; float e_hi, e_lo, e; } pow_params;
 
-static inline __attribute__((always_inline)) __m512 vinverse_avx512(__m512 t, int kind, const pow_params *P,
-                                                                    __m512 vmax) {
-    const __m512 sign = _mm512_set1_ps(-0.0f);
-    __m512 a = _mm512_andnot_ps(sign, t), r;
+static inline v16f vsqrt(v16f a) {
+#if defined(__AVX512F__)
+    return (v16f)_mm512_sqrt_ps((__m512)a);
+#elif defined(__AVX__)
+    return (v16f)_mm256_sqrt_ps((__m256)a);
+#else
+    for (int i = 0; i < VF_LANES; i++) a[i] = sqrtf(a[i]);
+    return a;
+#endif
+}
+
+static inline void vstore(float *w, v16f r, int stream) {
+#if defined(__AVX512F__)
+    if (stream && !((uintptr_t)w & 63)) { _mm512_stream_ps(w, (__m512)r); return; }
+#elif defined(__AVX__)
+    if (stream && !((uintptr_t)w & 31)) { _mm256_stream_ps(w, (__m256)r); return; }
+#endif
+    (void)stream;
+    memcpy(w, &r, sizeof r);
+}
+
+static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, const pow_params *P, float omax) {
+    const v16u SIGN = (v16u){0} + 0x80000000u;
+    v16f a = (v16f)((v16u)t & ~SIGN), r;
     if (kind == K_SQUARE) {
-        r = _mm512_mul_ps(a, a);
+        r = a * a;
     } else if (kind == K_SQRT) {
-        r = _mm512_sqrt_ps(a);
+        r = vsqrt(a);
     } else if (kind == K_INT || kind == K_HALFINT) {
-        __m512 base = a;
-        r = _mm512_set1_ps(1.0f);
+        v16f base = a;
+        r = (v16f){0} + 1.0f;
         for (int left = P->n; left; left >>= 1) {
-            if (left & 1) r = _mm512_mul_ps(r, base);
-            if (left >> 1) base = _mm512_mul_ps(base, base);
+            if (left & 1) r = r * base;
+            if (left >> 1) base = base * base;
         }
-        if (kind == K_HALFINT) r = _mm512_mul_ps(r, _mm512_sqrt_ps(a));
+        if (kind == K_HALFINT) r = r * vsqrt(a);
     } else if (kind == K_GENERAL) {
-        r = vpow_f32_avx512(a, P->e_hi, P->e_lo, P->e);
+#if defined(__AVX512F__)
+        r = (v16f)vpow_f32_avx512((__m512)a, P->e_hi, P->e_lo, P->e);
+#else
+        r = vpow_f32(a, P->e_hi, P->e_lo, P->e);
+#endif
     } else {
         r = a;
     }
-    return _mm512_or_ps(_mm512_min_ps(r, vmax), _mm512_and_ps(t, sign));
+    v16i over = r > omax; /* also +inf */
+    r = (v16f)(((v16i)r & ~over) | ((v16i)((v16f){0} + omax) & over));
+    return (v16f)((v16u)r | ((v16u)t & SIGN));
 }
 
-static inline __attribute__((always_inline)) void step_f32_avx512(float *restrict w, float *restrict theta,
-                                                                  const float *restrict g, int64_t n, float alpha,
-                                                                  int kind, const pow_params *P, float omax,
-                                                                  int stream) {
-    const __m512 va = _mm512_set1_ps(alpha), vmax = _mm512_set1_ps(omax);
+static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w, float *restrict theta,
+                                                               const float *restrict g, int64_t n, float alpha,
+                                                               int kind, const pow_params *P, float omax,
+                                                               int stream) {
     int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m512 t = _mm512_fmadd_ps(va, _mm512_loadu_ps(g + i), _mm512_loadu_ps(theta + i));
-        _mm512_storeu_ps(theta + i, t);
-        __m512 r = vinverse_avx512(t, kind, P, vmax);
-        if (stream && !((uintptr_t)(w + i) & 63)) _mm512_stream_ps(w + i, r);
-        else _mm512_storeu_ps(w + i, r);
+    for (; i + VF_LANES <= n; i += VF_LANES) {
+        v16f gv, tv;
+        memcpy(&gv, g + i, sizeof gv);
+        memcpy(&tv, theta + i, sizeof tv);
+        tv = tv + alpha * gv;
+        memcpy(theta + i, &tv, sizeof tv);
+        vstore(w + i, vinverse(tv, kind, P, omax), stream);
     }
-    if (i < n) { /* the ragged tail, masked */
-        __mmask16 k = (__mmask16)((1u << (n - i)) - 1u);
-        __m512 t = _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(k, g + i), _mm512_maskz_loadu_ps(k, theta + i));
-        _mm512_mask_storeu_ps(theta + i, k, t);
-        _mm512_mask_storeu_ps(w + i, k, vinverse_avx512(t, kind, P, vmax));
+    if (i < n) { /* the ragged tail through a zero-padded vector */
+        int rest = (int)(n - i);
+        v16f gv = {0}, tv = {0}, r;
+        memcpy(&gv, g + i, rest * sizeof(float));
+        memcpy(&tv, theta + i, rest * sizeof(float));
+        tv = tv + alpha * gv;
+        r = vinverse(tv, kind, P, omax);
+        memcpy(theta + i, &tv, rest * sizeof(float));
+        memcpy(w + i, &r, rest * sizeof(float));
     }
 }
-#endif
 
 static void process(const md_args *A, int t, int64_t s, int64_t end) {
     float d[BLK] __attribute__((aligned(64)));
@@ -340,7 +370,6 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
     const float alpha = (float)A->alpha, decay = (float)A->decay, mu = (float)A->mu;
     const float omax = (float)A->omax;
     const int plain = A->g_dtype == DT_F32 && !A->gscale && !buf && A->decay == 1.0;
-#if defined(__AVX512F__)
     if (plain && !A->own && A->w_dtype == DT_F32 && !(A->kind == K_GENERAL && A->e > E_F32_MAX)) {
         float *w = (float *)A->w[t] + s;
         const float *g = (const float *)A->g[t] + s;
@@ -349,16 +378,15 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         pow_params P = {A->kind, A->n, 0.0f, 0.0f, (float)A->e};
         split_exponent(A->e, &P.e_hi, &P.e_lo);
         switch (A->kind) { /* constant kinds, so that each loop is specialised */
-        case K_IDENTITY: step_f32_avx512(w, theta + s, g, len, alpha, K_IDENTITY, &P, omax, stream); break;
-        case K_SQUARE: step_f32_avx512(w, theta + s, g, len, alpha, K_SQUARE, &P, omax, stream); break;
-        case K_SQRT: step_f32_avx512(w, theta + s, g, len, alpha, K_SQRT, &P, omax, stream); break;
-        case K_INT: step_f32_avx512(w, theta + s, g, len, alpha, K_INT, &P, omax, stream); break;
-        case K_HALFINT: step_f32_avx512(w, theta + s, g, len, alpha, K_HALFINT, &P, omax, stream); break;
-        default: step_f32_avx512(w, theta + s, g, len, alpha, K_GENERAL, &P, omax, stream);
+        case K_IDENTITY: step_f32_vec(w, theta + s, g, len, alpha, K_IDENTITY, &P, omax, stream); break;
+        case K_SQUARE: step_f32_vec(w, theta + s, g, len, alpha, K_SQUARE, &P, omax, stream); break;
+        case K_SQRT: step_f32_vec(w, theta + s, g, len, alpha, K_SQRT, &P, omax, stream); break;
+        case K_INT: step_f32_vec(w, theta + s, g, len, alpha, K_INT, &P, omax, stream); break;
+        case K_HALFINT: step_f32_vec(w, theta + s, g, len, alpha, K_HALFINT, &P, omax, stream); break;
+        default: step_f32_vec(w, theta + s, g, len, alpha, K_GENERAL, &P, omax, stream);
         }
         return;
     }
-#endif
     for (int64_t b = s; b < end; b += BLK) {
         int L = end - b < BLK ? (int)(end - b) : BLK, j;
         float *tt = theta + b;
