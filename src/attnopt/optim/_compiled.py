@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from attnopt.mirror import dual_exponent
-from attnopt.optim._math import classify_exponent, dual_decay_factor, int_power, inverse_exponent
+from attnopt.optim._math import int_power, step_constants
 
 __all__ = ["compiled_mirror_descent"]
 
@@ -88,10 +88,7 @@ def _compiled_graph():
 
 def compiled_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                             momentum, weight_decay, maximize) -> None:
-    e = inverse_exponent(p)
-    kind, n = classify_exponent(e)
-    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
-    alpha = lr if maximize else -lr
+    e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     q = dual_exponent(p)
     batches: dict[tuple, list[int]] = {}
     for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from attnopt.optim._math import classify_exponent, dual_decay_factor, inverse_exponent, lq_scale
+from attnopt.optim._math import lq_scale, step_constants
 
 __all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports"]
 
@@ -188,10 +188,7 @@ def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, n
     """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`)."""
     from attnopt.optim.mirror_descent import _single_tensor_mirror_descent
 
-    e = inverse_exponent(p)
-    kind, n = classify_exponent(e)
-    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
-    alpha = lr if maximize else -lr
+    e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     batches: dict[tuple, list[int]] = {}
     rest: list[int] = []
     for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):

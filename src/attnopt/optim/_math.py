@@ -28,6 +28,7 @@ __all__ = [
     "inverse_map_into",
     "lq_scale",
     "dual_decay_factor",
+    "step_constants",
 ]
 
 
@@ -165,3 +166,13 @@ def dual_decay_factor(lr: float, weight_decay: float, p: float) -> float:
     if c == 0.0:
         return 0.0
     return (1.0 if c > 0 else -1.0) * abs(c) ** (p - 1.0)
+
+
+def step_constants(lr: float, p: float, weight_decay: float, maximize: bool) -> tuple[float, str, int, float, float]:
+    """``(e, kind, n, decay, alpha)`` of a step: the inverse map's exponent and how it is
+    computed (:func:`classify_exponent`), the dual decay factor (1 without weight decay) and
+    the signed step ``alpha`` with ``θ ← decay·θ + alpha·d``."""
+    e = inverse_exponent(p)
+    kind, n = classify_exponent(e)
+    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
+    return e, kind, n, decay, (lr if maximize else -lr)
