@@ -64,8 +64,9 @@ def _compiler() -> list[str]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ATTNOPT_CACHE")  # the same folder as the token cache (attnopt.data)
-    return (Path(root).expanduser() if root else Path.home() / ".cache" / "attnopt") / "kernels"
+    from attnopt.data.reviews import cache_dir  # the token cache's folder ($ATTNOPT_CACHE)
+
+    return cache_dir() / "kernels"
 
 
 def _cpu_signature() -> str:

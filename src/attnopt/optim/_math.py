@@ -14,6 +14,8 @@ answer whenever the true value is below the smallest representable one.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -29,7 +31,13 @@ __all__ = [
     "lq_scale",
     "dual_decay_factor",
     "step_constants",
+    "TRITON_INTERPRETING",
 ]
+
+#: Triton's CPU interpreter is on (``TRITON_INTERPRET=1``, read once at import, as Triton
+#: does): ``fused=True`` then sends CPU tensors to the Triton kernel (the tests' way of
+#: running it without a GPU) instead of the C kernel.
+TRITON_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def inverse_exponent(p: float) -> float:

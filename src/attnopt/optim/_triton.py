@@ -16,13 +16,12 @@ Triton is optional: importing this module without it raises a clear ImportError,
 
 from __future__ import annotations
 
-import os
 import struct
 
 import torch
 from torch import Tensor
 
-from attnopt.optim._math import dual_decay_factor, inverse_exponent, lq_scale
+from attnopt.optim._math import TRITON_INTERPRETING, lq_scale, step_constants
 
 try:
     import triton
@@ -41,7 +40,7 @@ _KINDS = {1.0: 0, 0.5: 1, 2.0: 2}  # identity, sqrt, square; anything else: 3 (g
 
 
 #: Triton's CPU interpreter (``TRITON_INTERPRET=1``, read once at import, as Triton does).
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRETING = TRITON_INTERPRETING
 
 if not INTERPRETING:  # pragma: no cover - needs a GPU
     from triton.language.extra import libdevice as _libdevice
@@ -158,7 +157,8 @@ class FusedPlan:
 
     :class:`~attnopt.optim.MirrorDescent` keeps one per parameter group and rebuilds it when
     a parameter or its θ was replaced; a step then only uploads the gradient addresses (and
-    the scalars), and not even those when they equal the last step's.  ``fused_mirror_descent`` without a plan builds a throw-away one.
+    the scalars), and not even those when they equal the last step's.
+    ``fused_mirror_descent`` without a plan builds a throw-away one.
     """
 
     __slots__ = ("ids", "momentum", "batches", "source", "step_tables")
@@ -213,10 +213,8 @@ def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, norma
         check_fused_supported(params)
     if plan is None:
         plan = FusedPlan(params, grads, duals, momentum_buffers, momentum != 0.0)
-    e = inverse_exponent(p)
+    e, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     kind = _KINDS.get(e, 3)
-    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
-    alpha = lr if maximize else -lr
     for bi, ((pdtype, ddtype, gdtype, own), idx, (bt, bst, nt, wp, tp, bp), device) in enumerate(plan.batches):
         n, nb = nt.numel(), bt.numel()
         if nb == 0:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import operator
-import os
 import warnings
 from itertools import chain
 from typing import Any, Callable, NamedTuple
@@ -33,14 +32,14 @@ from torch.optim.optimizer import Optimizer
 
 from attnopt.mirror import check_p
 from attnopt.optim._math import (
-    classify_exponent,
+    TRITON_INTERPRETING,
     default_dual_dtype,
     int_power,
-    dual_decay_factor,
     inverse_exponent,
     inverse_map_into,
     lq_scale,
     mirror_map,
+    step_constants,
 )
 
 __all__ = ["MirrorDescent", "mirror_descent", "NonFiniteGradientError", "NONFINITE_MODES"]
@@ -100,7 +99,7 @@ def _check_group(group: dict[str, Any]) -> None:
             raise TypeError(f"MirrorDescent needs floating-point parameters, got {param.dtype}")
     if group["fused"]:
         devices = {param.device.type for param in group["params"]}
-        if devices == {"cpu"} and not _triton_interpreting():
+        if devices == {"cpu"} and not TRITON_INTERPRETING:
             from attnopt.optim import _cpu
 
             _cpu.load()  # builds the C kernel now (once per machine), so a missing compiler shows here
@@ -118,13 +117,10 @@ def _check_group(group: dict[str, Any]) -> None:
         _triton.check_fused_supported(group["params"])
 
 
-def _triton_interpreting() -> bool:
-    """Triton's CPU interpreter is on (``TRITON_INTERPRET=1``): CPU tensors go to the Triton kernel."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _uses_triton(params: list[Tensor]) -> bool:
-    return params[0].device.type != "cpu" or _triton_interpreting()
+    """``fused=True`` runs the Triton kernel (accelerator tensors, or Triton's CPU interpreter),
+    else the C kernel."""
+    return params[0].device.type != "cpu" or TRITON_INTERPRETING
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -594,9 +590,7 @@ def mirror_descent(
 
 def _single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                                   momentum, weight_decay, maximize) -> None:
-    e = inverse_exponent(p)
-    alpha = lr if maximize else -lr  # θ ← θ + alpha·d
-    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
+    e, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)  # θ ← decay·θ + alpha·d
     for param, grad, theta, buf in zip(params, grads, duals, momentum_buffers):
         own = theta is None
         if own:
@@ -623,9 +617,7 @@ def _single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr,
 
 def _multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                                  momentum, weight_decay, maximize) -> None:
-    e = inverse_exponent(p)
-    alpha = lr if maximize else -lr
-    decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
+    e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     own = [d is None for d in duals]
     thetas = [p_ if o else d for p_, d, o in zip(params, duals, own)]
     groups: dict[tuple, list[int]] = {}
@@ -655,7 +647,6 @@ def _multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, 
         if is_own:
             continue
         omax = float(torch.finfo(pdtype).max)
-        kind, n = classify_exponent(e)
         mags = torch._foreach_abs(d_thetas)
         if kind == "sqrt":
             torch._foreach_sqrt_(mags)
