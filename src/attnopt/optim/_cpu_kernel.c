@@ -181,60 +181,19 @@ static inline __m512 vpow_f32_avx512(__m512 a, float e_hi, float e_lo, float e) 
 }
 #endif
 
-static void pow_block(float *restrict m, int L, int kind, int n, double e) {
-    int j;
-    switch (kind) {
-    case K_IDENTITY:
-        break;
-    case K_SQUARE:
-        for (j = 0; j < L; j++) m[j] = m[j] * m[j];
-        break;
-    case K_SQRT:
-        for (j = 0; j < L; j++) m[j] = sqrtf(m[j]);
-        break;
-    case K_INT:
-    case K_HALFINT: /* binary powering, one vector at a time (L is a multiple of VF_LANES) */
-        for (j = 0; j < L; j += VF_LANES) {
-            v16f a, base, res = (v16f){0} + 1.0f;
-            memcpy(&a, m + j, sizeof a);
-            base = a;
-            for (int left = n; left; left >>= 1) {
-                if (left & 1) res *= base;
-                if (left >> 1) base *= base;
-            }
-            if (kind == K_HALFINT)
-                for (int i = 0; i < VF_LANES; i++) res[i] *= sqrtf(a[i]);
-            memcpy(m + j, &res, sizeof res);
-        }
-        break;
-    default: /* K_GENERAL */
-        if (e <= E_F32_MAX) {
-            float e_hi, e_lo;
-            split_exponent(e, &e_hi, &e_lo);
-#if defined(__AVX512F__)
-            for (j = 0; j < L; j += 16)
-                _mm512_storeu_ps(m + j, vpow_f32_avx512(_mm512_loadu_ps(m + j), e_hi, e_lo, (float)e));
-#else
-            for (j = 0; j < L; j += VF_LANES) {
-                v16f a;
-                memcpy(&a, m + j, sizeof a);
-                v16f r = vpow_f32(a, e_hi, e_lo, (float)e);
-                memcpy(m + j, &r, sizeof r);
-            }
-#endif
-            break;
-        }
-        for (j = 0; j < L; j += 8) {
-            v8f a;
-            memcpy(&a, m + j, sizeof a);
-            v8f r = __builtin_convertvector(vpow_general(__builtin_convertvector(a, v8d), e), v8f);
-            memcpy(m + j, &r, sizeof r);
-        }
+/* m[j] <- m[j]^e for a general e > E_F32_MAX, in float64 (L is a multiple of 8) */
+static void pow_block_f64(float *restrict m, int L, double e) {
+    for (int j = 0; j < L; j += 8) {
+        v8f a;
+        memcpy(&a, m + j, sizeof a);
+        v8f r = __builtin_convertvector(vpow_general(__builtin_convertvector(a, v8d), e), v8f);
+        memcpy(m + j, &r, sizeof r);
     }
 }
 
 static void store_w_f32(float *restrict w, const float *restrict v, int L, int stream) {
     int j = 0;
+    (void)stream; /* no streaming store below AVX */
 #if defined(__AVX512F__)
     if (stream) {
         for (; j < L && ((uintptr_t)(w + j) & 63); j++) w[j] = v[j];
@@ -265,19 +224,6 @@ typedef struct {
 } md_args;
 
 /* m[j] <- sign(th[j]) * min(|th[j]|^e, omax) for the cheap kinds, in one pass (inlined per kind) */
-static inline __attribute__((always_inline)) float cheap_inverse(float t, int kind, float omax) {
-    float a = fabsf(t), r;
-    if (kind == K_SQUARE) r = a * a;
-    else if (kind == K_SQRT) r = sqrtf(a);
-    else r = a;
-    return copysignf(r < omax ? r : omax, t);
-}
-
-static inline __attribute__((always_inline)) void inverse_block(float *restrict m, const float *restrict th, int L,
-                                                                int kind, float omax) {
-    for (int j = 0; j < L; j++) m[j] = cheap_inverse(th[j], kind, omax);
-}
-
 /* The common case in registers: float32 g, theta and w, no scale/momentum/decay, and an
  * inverse map computed in float32 (every kind but a general e > E_F32_MAX).  One pass over
  * VF_LANES-wide vectors: load g and theta, store theta, compute w, stream it.  Written with
@@ -360,6 +306,30 @@ static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w
     }
 }
 
+static inline __attribute__((always_inline)) void inverse_vectors_k(float *restrict m, const float *restrict th,
+                                                                    int L, int kind, const pow_params *P,
+                                                                    float omax) {
+    for (int j = 0; j < L; j += VF_LANES) {
+        v16f tv, r;
+        memcpy(&tv, th + j, sizeof tv);
+        r = vinverse(tv, kind, P, omax);
+        memcpy(m + j, &r, sizeof r);
+    }
+}
+
+/* m <- the inverse map of th, L a multiple of VF_LANES (constant kinds, as in process) */
+static void inverse_vectors(float *restrict m, const float *restrict th, int L, int kind, const pow_params *P,
+                            float omax) {
+    switch (kind) {
+    case K_IDENTITY: inverse_vectors_k(m, th, L, K_IDENTITY, P, omax); break;
+    case K_SQUARE: inverse_vectors_k(m, th, L, K_SQUARE, P, omax); break;
+    case K_SQRT: inverse_vectors_k(m, th, L, K_SQRT, P, omax); break;
+    case K_INT: inverse_vectors_k(m, th, L, K_INT, P, omax); break;
+    case K_HALFINT: inverse_vectors_k(m, th, L, K_HALFINT, P, omax); break;
+    default: inverse_vectors_k(m, th, L, K_GENERAL, P, omax);
+    }
+}
+
 static void process(const md_args *A, int t, int64_t s, int64_t end) {
     float d[BLK] __attribute__((aligned(64)));
     float th[BLK] __attribute__((aligned(64)));
@@ -370,13 +340,14 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
     const float alpha = (float)A->alpha, decay = (float)A->decay, mu = (float)A->mu;
     const float omax = (float)A->omax;
     const int plain = A->g_dtype == DT_F32 && !A->gscale && !buf && A->decay == 1.0;
-    if (plain && !A->own && A->w_dtype == DT_F32 && !(A->kind == K_GENERAL && A->e > E_F32_MAX)) {
+    const int f64_power = A->kind == K_GENERAL && A->e > E_F32_MAX;
+    pow_params P = {A->kind, A->n, 0.0f, 0.0f, (float)A->e};
+    split_exponent(A->e, &P.e_hi, &P.e_lo);
+    if (plain && !A->own && A->w_dtype == DT_F32 && !f64_power) {
         float *w = (float *)A->w[t] + s;
         const float *g = (const float *)A->g[t] + s;
         int stream = A->stream && A->numel[t] >= STREAM_MIN;
         int64_t len = end - s;
-        pow_params P = {A->kind, A->n, 0.0f, 0.0f, (float)A->e};
-        split_exponent(A->e, &P.e_hi, &P.e_lo);
         switch (A->kind) { /* constant kinds, so that each loop is specialised */
         case K_IDENTITY: step_f32_vec(w, theta + s, g, len, alpha, K_IDENTITY, &P, omax, stream); break;
         case K_SQUARE: step_f32_vec(w, theta + s, g, len, alpha, K_SQUARE, &P, omax, stream); break;
@@ -410,18 +381,15 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         }
         if (A->own)
             continue;
-        /* 2. the inverse map into m */
-        switch (A->kind) {
-        case K_IDENTITY: inverse_block(m, th, L, K_IDENTITY, omax); break;
-        case K_SQUARE: inverse_block(m, th, L, K_SQUARE, omax); break;
-        case K_SQRT: inverse_block(m, th, L, K_SQRT, omax); break;
-        default: {
-            int L8 = (L + 15) & ~15; /* whole vectors */
-            for (j = 0; j < L; j++) m[j] = fabsf(th[j]);
-            for (j = L; j < L8; j++) m[j] = 0.0f;
-            pow_block(m, L8, A->kind, A->n, A->e);
+        /* 2. the inverse map into m, over whole vectors (th is zero-padded) */
+        int LV = (L + VF_LANES - 1) & ~(VF_LANES - 1);
+        for (j = L; j < LV; j++) th[j] = 0.0f;
+        if (f64_power) {
+            for (j = 0; j < LV; j++) m[j] = fabsf(th[j]);
+            pow_block_f64(m, LV, A->e);
             for (j = 0; j < L; j++) m[j] = copysignf(m[j] < omax ? m[j] : omax, th[j]);
-        }
+        } else {
+            inverse_vectors(m, th, LV, A->kind, &P, omax);
         }
         /* 3. the weights */
         if (A->w_dtype == DT_F32) {
