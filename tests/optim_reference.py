@@ -4,9 +4,15 @@ interpreter test adds it to the subprocess's ``PYTHONPATH``.)"""
 
 from __future__ import annotations
 
+import shutil
+
 import torch
 
 from attnopt.mirror import grad_psi, grad_psi_star, lp_norm
+from attnopt.optim import _cpu
+
+#: A C compiler for the fused CPU kernel is on this machine (the one the kernel build uses).
+HAVE_CC = shutil.which(_cpu._compiler()[0]) is not None
 
 
 def reference_step(w, g, *, lr, p, normalize=False, eps=0.0, momentum=0.0, buf=None,

@@ -8,18 +8,14 @@ from __future__ import annotations
 
 import copy
 import math
-import shutil
-import sysconfig
-import os
 
 import pytest
 import torch
 
 from attnopt.mirror import grad_psi, grad_psi_star, lp_norm
 from attnopt.optim import MirrorDescent, NonFiniteGradientError, mirror_descent
-from optim_reference import dual_tolerance, grads_like, make_params, reference_step
+from optim_reference import HAVE_CC, dual_tolerance, grads_like, make_params, reference_step
 
-HAVE_CC = shutil.which((os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]) is not None
 P_VALUES = [1.01, 1.1, 1.4, 1.5, 1.75, 2.0, 3.0, 4.0]
 EAGER = [
     pytest.param(dict(foreach=False), id="single"),

@@ -6,10 +6,7 @@ and its errors."""
 
 from __future__ import annotations
 
-import os
 import platform
-import shutil
-import sysconfig
 import warnings
 
 import pytest
@@ -18,10 +15,9 @@ import torch
 from attnopt.mirror import grad_psi_star
 from attnopt.optim import MirrorDescent, NonFiniteGradientError
 from attnopt.optim import _cpu
-from optim_reference import dual_tolerance, grads_like, make_params, reference_step
+from optim_reference import HAVE_CC, dual_tolerance, grads_like, make_params, reference_step
 
-CC = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
-pytestmark = pytest.mark.skipif(shutil.which(CC) is None, reason="no C compiler for the fused CPU kernel")
+pytestmark = pytest.mark.skipif(not HAVE_CC, reason="no C compiler for the fused CPU kernel")
 
 
 def _steps(params, opt, k0=0, n=2):
