@@ -116,7 +116,8 @@ def kernel_only(ws, lr: float, p: float):
 
     opt = MirrorDescent(ws, lr=lr, p=p, fused=True, nonfinite="ignore")
     opt.step()  # builds θ and the plan
-    params, grads, duals, bufs, _ = opt._init_group(opt.param_groups[0], 0)
+    batch = opt._init_group(opt.param_groups[0], 0)
+    params, grads, duals, bufs = batch.params, batch.grads, batch.duals, batch.bufs
     plan = opt._fused_plans[0]
     return lambda: fused_mirror_descent(params, grads, duals, bufs, lr=lr, p=p, normalize=False, eps=0.0,
                                         momentum=0.0, weight_decay=0.0, maximize=False, plan=plan)

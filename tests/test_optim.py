@@ -369,7 +369,7 @@ def test_changing_p_of_a_group_rebuilds_dual():
 def test_every_change_between_steps_is_seen(path):
     """The per-group fast path (lists reused while nothing changed) must notice each way a
     parameter can change between steps: ``.data`` replaced, an in-place edit, a gradient that
-    disappears or comes back, momentum switched on, a sparse gradient."""
+    disappears or comes back, momentum switched on, a sparse or non-contiguous gradient."""
     a, b = make_params((6, 5), dtype=torch.float64), make_params((7,), dtype=torch.float64)
     w, v = a[0], b[0]
     opt = MirrorDescent([w, v], lr=0.05, p=1.5, **path)
@@ -401,6 +401,11 @@ def test_every_change_between_steps_is_seen(path):
     w.grad, v.grad = g(w, 14), g(v, 15)
     opt.step()
     w.grad, v.grad = g(w, 16).to_sparse(), g(v, 17)
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+    step_and_check([g(w, 18).t().contiguous().t(), g(v, 19)])  # a dense, non-contiguous gradient
+    step_and_check([g(w, 20), g(v, 21)])
+    w.grad, v.grad = g(w, 22).to_sparse(), g(v, 23)  # and on the fast path
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
 

@@ -84,6 +84,8 @@ _TRITON_SCRIPT = textwrap.dedent(
         dict(lr=0.02, p=3.0, normalize=True, momentum=0.9, weight_decay=0.1),
         dict(lr=0.02, p=1.5, maximize=True),
         dict(lr=0.02, p=2.0, momentum=0.5),
+        dict(lr=0.02, p=1.1),  # e = 10: binary powering
+        dict(lr=0.02, p=1.4, weight_decay=0.1),  # e = 2.5: a square root times a square
     ]
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         for kw in configs:
@@ -147,6 +149,79 @@ _TRITON_SCRIPT = textwrap.dedent(
             torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
     assert tables[1] is tables[0] and tables[2] is not tables[1] and tables[3] is not tables[2]
     assert tables[4] is tables[3]
+    # a non-contiguous gradient (a contiguous copy goes to the kernel), then contiguous again
+    a = make_params((40, 30), (7,))
+    b = make_params((40, 30), (7,))
+    oa = MirrorDescent(a, lr=0.02, p=1.1, fused=True)
+    ob = MirrorDescent(b, lr=0.02, p=1.1, foreach=False)
+    for k in range(4):
+        for params in (a, b):
+            for x, g in zip(params, grads_like(params, seed=70 + k)):
+                x.grad = g.t().contiguous().t() if k in (1, 2) and g.dim() == 2 else g
+        oa.step()
+        ob.step()
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+    # vector accesses when every address is 16-byte aligned; a parameter that starts one
+    # element into its storage takes the scalar kernel
+    from attnopt.optim._triton import prepare_step
+    for offset in (0, 1):
+        a = [torch.nn.Parameter(x.detach().new_zeros(x.numel() + 1)[offset:offset + x.numel()].view_as(x).copy_(x))
+             for x in make_params((40, 30), (1500,))]
+        b = make_params((40, 30), (1500,))
+        oa = MirrorDescent(a, lr=0.02, p=1.5, fused=True)
+        ob = MirrorDescent(b, lr=0.02, p=1.5, foreach=False)
+        for k in range(2):
+            for params in (a, b):
+                for x, g in zip(params, grads_like(params, seed=80 + k)):
+                    x.grad = g
+            oa.step()
+            ob.step()
+            for x, y in zip(a, b):
+                torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+        launches = prepare_step(oa._fused_plans[0], [x.grad for x in a], lr=0.02, p=1.5, normalize=False,
+                                eps=0.0, momentum=0.0, weight_decay=0.0, maximize=False)
+        assert [launch.consts["ALIGNED"] for launch in launches] == [offset == 0]
+    # the NaN/inf check runs as a kernel over the step's gradient table: exact (a float64
+    # gradient of 1e300 is no false alarm), nothing written on a bad step, the flag reset after
+    from attnopt.optim import NonFiniteGradientError
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        a = make_params((40, 30), (1500,), dtype=dtype)
+        b = make_params((40, 30), (1500,), dtype=dtype)
+        oa = MirrorDescent(a, lr=0.02, p=1.5, fused=True)
+        os_ = MirrorDescent(b, lr=0.02, p=1.5, fused=True, nonfinite="skip")
+        for k, bad in enumerate([None, float("nan"), float("-inf"), None, float("inf")]):
+            for params in (a, b):
+                for x, g in zip(params, grads_like(params, seed=60 + k)):
+                    x.grad = g
+                if bad is not None:
+                    params[1].grad[1234] = bad
+            before = [x.detach().clone() for x in a + b]
+            if bad is None:
+                oa.step()
+                os_.step()
+            else:
+                try:
+                    oa.step()
+                except NonFiniteGradientError as exc:
+                    assert "parameter 1" in str(exc), exc
+                else:
+                    raise AssertionError("no error for a non-finite gradient")
+                os_.step()
+                assert all(torch.equal(x, y) for x, y in zip(a + b, before))
+            assert not oa._nonfinite_flags[a[0].device].item()
+        assert os_.skipped_steps == 3 and os_.param_groups[0]["step"] == 2
+        assert oa.param_groups[0]["step"] == 2
+    w = torch.nn.Parameter(torch.ones(3000, dtype=torch.float64))
+    opt = MirrorDescent([w], lr=1e-310, p=1.5, fused=True)
+    w.grad = torch.full_like(w, 1e306)  # a sum would overflow; every entry is finite
+
+    def no_scan():
+        raise AssertionError("the check raised a false alarm (the precise scan ran)")
+
+    opt._find_nonfinite = no_scan
+    opt.step()
+    assert opt.param_groups[0]["step"] == 1 and bool(torch.isfinite(w).all())
     print("TRITON-OK")
     """
 )
@@ -183,3 +258,55 @@ def test_compiled_extreme_weights_and_zeros(p):
     w.grad[0] = -1e30  # pushes w[0] past float32's range: clamped, not inf
     opt.step()
     assert bool(torch.isfinite(w).all()) and w[0].item() == big
+
+
+def _compile_for_gpu(fn, args: dict, consts: dict) -> str:
+    """PTX of a Triton kernel compiled ahead of time for an sm_90 GPU (no GPU needed)."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if "nvidia" not in getattr(triton.backends, "backends", {}):
+        pytest.skip("this Triton has no CUDA backend")
+    signature = dict(args, **{k: "constexpr" for k in consts})
+    names = list(signature)
+    src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+
+
+def _ptx_ops(ptx: str) -> dict[str, int]:
+    import collections
+    import re
+
+    return collections.Counter(m.group(1) for m in re.finditer(r"^\s+(?:@!?%p\d+ )?([a-z][\w.]*)", ptx, re.M))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton not installed")
+def test_triton_kernels_compile_for_a_gpu():
+    """Every kernel variant compiles for a Hopper GPU (the interpreter test does not run
+    Triton's compiler); aligned whole blocks use 16-byte vector accesses, and an integer
+    exponent (p = 1.1) costs a few multiplications instead of a ``pow``."""
+    import triton.language as tl
+
+    from attnopt.optim import _triton
+
+    tables = {k: "*i64" for k in ("block_tensor", "block_start", "numels", "w_ptrs", "g_ptrs", "t_ptrs",
+                                  "b_ptrs", "s_ptrs", "scalars")}
+    base = dict(W_TY=tl.float32, G_TY=tl.float32, T_TY=tl.float32, KIND=4, N=10, OWN=False, HAS_SCALE=False,
+                HAS_MOMENTUM=False, HAS_DECAY=False, PRECISE=True, ALIGNED=True, BLOCK=_triton.BLOCK)
+    ops = {}
+    for name, change in {
+        "int": {}, "unaligned": dict(ALIGNED=False), "general": dict(KIND=3, N=0), "halfint": dict(KIND=5, N=2),
+        "sqrt": dict(KIND=1, N=0), "bf16": dict(W_TY=tl.bfloat16, G_TY=tl.bfloat16),
+        "f64": dict(W_TY=tl.float64, G_TY=tl.float64, T_TY=tl.float64, KIND=3, N=0),
+        "own": dict(KIND=0, N=0, OWN=True), "all options": dict(HAS_SCALE=True, HAS_MOMENTUM=True, HAS_DECAY=True),
+    }.items():
+        ops[name] = _ptx_ops(_compile_for_gpu(_triton._md_kernel, tables, dict(base, **change)))
+    assert ops["int"]["ld.global.v4.b32"] > 0 and ops["int"]["st.global.v4.b32"] > 0
+    assert ops["bf16"]["ld.global.v4.b32"] > 0
+    assert not any(op.startswith(("ld.global.v", "st.global.v")) for op in ops["unaligned"])
+    assert sum(ops["int"].values()) * 2 < sum(ops["general"].values())
+    for g_ty in (tl.float32, tl.bfloat16, tl.float64):
+        _compile_for_gpu(_triton._nonfinite_kernel, {k: "*i64" for k in ("block_tensor", "block_start", "numels",
+                                                                          "g_ptrs")} | {"flag": "*i32"},
+                         dict(G_TY=g_ty, BLOCK=_triton.BLOCK))

@@ -17,6 +17,7 @@ Triton is optional: importing this module without it raises a clear ImportError,
 from __future__ import annotations
 
 import struct
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -31,12 +32,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton
         "MirrorDescent(fused=True) needs Triton: pip install 'attnopt[triton]' (CUDA only)"
     ) from exc
 
-__all__ = ["fused_mirror_descent", "BLOCK"]
+__all__ = ["fused_mirror_descent", "FusedPlan", "prepare_step", "launch_step", "launch_nonfinite_check", "BLOCK"]
 
 #: Elements per program.
 BLOCK = 1024
 
-_KINDS = {1.0: 0, 0.5: 1, 2.0: 2}  # identity, sqrt, square; anything else: 3 (general power)
+#: How the kernel computes |θ|^e, by :func:`~attnopt.optim._math.classify_exponent`'s kind:
+#: integer and half-integer exponents (p = 1.1, 1.25, 1.4, 5/3, ...) by binary powering.
+_KINDS = {"identity": 0, "sqrt": 1, "square": 2, "general": 3, "int": 4, "halfint": 5}
 
 
 #: Triton's CPU interpreter (``TRITON_INTERPRET=1``, read once at import, as Triton does).
@@ -49,13 +52,27 @@ else:
 
 
 @triton.jit
+def _int_power(a, N: tl.constexpr):
+    """``a**N`` for a constexpr 0 <= N < 256 by binary powering, in the order of
+    :func:`~attnopt.optim._math.int_power` (so the result is the eager path's, bit for bit)."""
+    result = tl.full(a.shape, 1.0, a.dtype)
+    base = a
+    for i in tl.static_range(8):
+        if (N >> i) & 1:
+            result = result * base  # the first product, 1·base, is exact
+        if (N >> (i + 1)) != 0:
+            base = base * base
+    return result
+
+
+@triton.jit
 def _md_kernel(
     block_tensor, block_start, numels,
     w_ptrs, g_ptrs, t_ptrs, b_ptrs, s_ptrs, scalars,
     W_TY: tl.constexpr, G_TY: tl.constexpr, T_TY: tl.constexpr,
-    KIND: tl.constexpr, OWN: tl.constexpr, HAS_SCALE: tl.constexpr,
+    KIND: tl.constexpr, N: tl.constexpr, OWN: tl.constexpr, HAS_SCALE: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, HAS_DECAY: tl.constexpr, PRECISE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     # scalars arrive as float64 bit patterns so that float64 parameters keep full precision
@@ -66,20 +83,38 @@ def _md_kernel(
     omax = tl.load(scalars + 4).to(tl.float64, bitcast=True).to(T_TY)
     dmax = tl.load(scalars + 5).to(tl.float64, bitcast=True).to(T_TY)
     t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
+    start = tl.multiple_of(tl.load(block_start + pid), BLOCK)
     n = tl.load(numels + t)
-    offs = start + tl.arange(0, BLOCK)
-    mask = offs < n
     w_ptr = tl.load(w_ptrs + t).to(tl.pointer_type(W_TY))
     g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(G_TY))
     t_ptr = tl.load(t_ptrs + t).to(tl.pointer_type(T_TY))
+    b_ptr = tl.load(b_ptrs + t).to(tl.pointer_type(T_TY))
+    if ALIGNED:  # every address is a multiple of 16 bytes: vector loads and stores
+        w_ptr = tl.multiple_of(w_ptr, 16)
+        g_ptr = tl.multiple_of(g_ptr, 16)
+        t_ptr = tl.multiple_of(t_ptr, 16)
+        b_ptr = tl.multiple_of(b_ptr, 16)
+    scale = 1.0
+    if HAS_SCALE:
+        scale = tl.load(tl.load(s_ptrs + t).to(tl.pointer_type(T_TY)))
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n:  # a whole block: no mask, so the accesses can be vectorised
+        _md_block(offs, tl.full([BLOCK], 1, tl.int1), w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu,
+                  omax, dmax, W_TY, T_TY, KIND, N, OWN, HAS_SCALE, HAS_MOMENTUM, HAS_DECAY, PRECISE)
+    else:
+        _md_block(offs, offs < n, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu,
+                  omax, dmax, W_TY, T_TY, KIND, N, OWN, HAS_SCALE, HAS_MOMENTUM, HAS_DECAY, PRECISE)
 
+
+@triton.jit
+def _md_block(offs, mask, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu, omax, dmax,
+              W_TY: tl.constexpr, T_TY: tl.constexpr, KIND: tl.constexpr, N: tl.constexpr, OWN: tl.constexpr,
+              HAS_SCALE: tl.constexpr, HAS_MOMENTUM: tl.constexpr, HAS_DECAY: tl.constexpr,
+              PRECISE: tl.constexpr):
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(T_TY)
     if HAS_SCALE:
-        s_ptr = tl.load(s_ptrs + t).to(tl.pointer_type(T_TY))
-        g = g * tl.load(s_ptr)
+        g = g * scale
     if HAS_MOMENTUM:
-        b_ptr = tl.load(b_ptrs + t).to(tl.pointer_type(T_TY))
         b = tl.load(b_ptr + offs, mask=mask, other=0.0) * mu + g
         tl.store(b_ptr + offs, b, mask=mask)
         g = b
@@ -102,6 +137,13 @@ def _md_kernel(
                 mag = tl.sqrt_rn(a)
         elif KIND == 2:
             mag = a * a
+        elif KIND == 4:
+            mag = _int_power(a, N)
+        elif KIND == 5:
+            if T_TY == tl.float64:
+                mag = _int_power(a, N) * tl.sqrt(a)
+            else:
+                mag = _int_power(a, N) * tl.sqrt_rn(a)
         else:
             if PRECISE:
                 mag = _libdevice.pow(a, e)  # (T_TY, T_TY) overload
@@ -110,6 +152,27 @@ def _md_kernel(
         mag = tl.minimum(mag, omax)
         w = tl.where(th < 0, -mag, mag)
         tl.store(w_ptr + offs, w.to(W_TY), mask=mask)
+
+
+@triton.jit
+def _nonfinite_kernel(block_tensor, block_start, numels, g_ptrs, flag, G_TY: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    t = tl.load(block_tensor + pid)
+    start = tl.load(block_start + pid)
+    n = tl.load(numels + t)
+    offs = start + tl.arange(0, BLOCK)
+    g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(G_TY))
+    g = tl.load(g_ptr + offs, mask=offs < n, other=0.0)
+    if G_TY != tl.float64:
+        g = g.to(tl.float32)  # exact; 16-bit arithmetic is not IEEE in Triton's interpreter
+    d = g - g  # NaN exactly where g is NaN or ±inf
+    if tl.max((d != d).to(tl.int32), axis=0) != 0:
+        tl.store(flag, 1)  # every writer writes the same value: no atomic needed
+
+
+def _aligned(addresses: list[int]) -> bool:
+    """Whether every address is a multiple of 16 bytes (then the kernel uses vector accesses)."""
+    return not any(a & 15 for a in addresses)
 
 
 def _f64_bits(x: float) -> int:
@@ -167,10 +230,10 @@ class FusedPlan:
                  momentum_buffers: list[Tensor | None], momentum: bool) -> None:
         self.ids = tuple(map(id, params))
         self.source = params  # the optimizer passes the same list object while nothing changed
-        # batch index -> (host rows, device table) of the last step: reused while the gradient
+        # batch index -> (host rows, device table, its slices) of the last step: reused while the gradient
         # addresses and the scalars repeat (the caching allocator usually hands the gradients
         # the same blocks every step), which saves the per-step host-to-device copy
-        self.step_tables: dict[int, tuple[list[int], Tensor]] = {}
+        self.step_tables: dict[int, tuple[list[int], Tensor, tuple[Tensor, ...]]] = {}
         self.momentum = momentum
         groups: dict[tuple, list[int]] = {}
         for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
@@ -189,12 +252,12 @@ class FusedPlan:
             counts = [x.numel() for x in ws]
             block_tensor, block_start = _block_tables(tuple(counts))
             tp = [x.data_ptr() for x in ts]
-            rows = block_tensor + block_start + counts + [x.data_ptr() for x in ws] + tp
-            rows += [x.data_ptr() for x in bs] if bs is not None else tp
-            tables = torch.tensor(rows, dtype=torch.int64, device=device)
+            addresses = [x.data_ptr() for x in ws] + tp
+            addresses += [x.data_ptr() for x in bs] if bs is not None else tp
+            tables = torch.tensor(block_tensor + block_start + counts + addresses, dtype=torch.int64, device=device)
             nb, n = len(block_tensor), len(ws)
             self.batches.append(((pdtype, ddtype, gdtype, own), idx, torch.split(tables, [nb, nb, n, n, n, n]),
-                                 device))
+                                 device, _aligned(addresses)))
 
     def matches(self, params: list[Tensor], momentum: bool) -> bool:
         if self.momentum != momentum:
@@ -207,42 +270,82 @@ class FusedPlan:
         return False
 
 
+class _Launch(NamedTuple):
+    """One batch's kernel launch of a prepared step."""
+
+    grid: int
+    tables: tuple[Tensor, ...]  # block tensor, block start, numels, w, g, θ, buffer, scale addresses; scalars
+    consts: dict[str, Any]  # the kernel's constexpr arguments
+    device: torch.device
+    keep: tuple  # tensors whose addresses are in the tables (contiguous copies, scales): alive until launched
+
+
+def prepare_step(plan: FusedPlan, grads: list[Tensor], *, lr, p, normalize, eps, momentum, weight_decay,
+                 maximize, grads_contiguous: bool = False) -> list[_Launch]:
+    """The launches of one step over ``plan``'s parameters with these gradients: per batch,
+    the device table of gradient addresses (and normalisation scales) and scalars, uploaded
+    only when it differs from the last step's.  ``grads_contiguous`` skips the contiguity
+    check when the caller has made it."""
+    e, kind, npow, decay, alpha = step_constants(lr, p, weight_decay, maximize)
+    launches = []
+    for bi, (dtypes, idx, (bt, bst, nt, wp, tp, bp), device, aligned) in enumerate(plan.batches):
+        pdtype, ddtype, gdtype, own = dtypes
+        n, nb = nt.numel(), bt.numel()
+        if nb == 0:
+            continue
+        gs = grads if len(idx) == len(grads) else [grads[i] for i in idx]
+        if not grads_contiguous and not all(map(Tensor.is_contiguous, gs)):
+            gs = [g if g.is_contiguous() else g.contiguous() for g in gs]
+        # omax: the parameter's largest finite value, capped at the dual's (a narrower dual
+        # cannot exceed its own range anyway)
+        dmax = float(torch.finfo(ddtype).max)
+        omax = min(float(torch.finfo(pdtype).max), dmax)
+        rows = list(map(Tensor.data_ptr, gs))
+        scales = None
+        if normalize:
+            scales = [lq_scale(g, p, eps, ddtype) for g in gs]
+            rows += map(Tensor.data_ptr, scales)
+        rows += map(_f64_bits, (alpha, decay, e, momentum, omax, dmax))
+        cached = plan.step_tables.get(bi)
+        if cached is not None and cached[0] == rows:
+            step = cached[2]
+        else:
+            table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+            gp = table[:n]
+            step = (gp, table[n:2 * n] if normalize else gp, table[-6:], aligned and _aligned(rows[:n]))
+            if not normalize:  # the scales are new tensors every step: nothing to reuse
+                plan.step_tables[bi] = (rows, table, step)
+        gp, sp, scalars, vector = step
+        consts = dict(W_TY=_TL_DTYPES[pdtype], G_TY=_TL_DTYPES[gdtype], T_TY=_TL_DTYPES[ddtype],
+                      KIND=_KINDS[kind], N=npow, OWN=own, HAS_SCALE=normalize, HAS_MOMENTUM=momentum != 0.0,
+                      HAS_DECAY=decay != 1.0, PRECISE=not INTERPRETING, ALIGNED=vector, BLOCK=BLOCK)
+        launches.append(_Launch(nb, (bt, bst, nt, wp, gp, tp, bp, sp, scalars), consts, device, (gs, scales)))
+    return launches
+
+
+def launch_step(launches: list[_Launch]) -> None:
+    """Run a prepared step (asynchronously, on the parameters' devices)."""
+    for launch in launches:
+        _md_kernel[(launch.grid,)](*launch.tables, **launch.consts)
+
+
+def launch_nonfinite_check(launches: list[_Launch], flags: dict[torch.device, Tensor]) -> None:
+    """Set ``flags[device]`` (a 1-element int32 tensor, left as is otherwise) to 1 if any
+    gradient of the prepared step is NaN or ±inf: one read of the gradients, no host
+    synchronisation.  Exact, so a raised flag always has a bad gradient behind it."""
+    for launch in launches:
+        bt, bst, nt, _, gp = launch.tables[:5]
+        flag = flags.get(launch.device)
+        if flag is None:
+            flag = flags[launch.device] = torch.zeros(1, dtype=torch.int32, device=launch.device)
+        _nonfinite_kernel[(launch.grid,)](bt, bst, nt, gp, flag, G_TY=launch.consts["G_TY"], BLOCK=BLOCK)
+
+
 def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                          momentum, weight_decay, maximize, plan: FusedPlan | None = None) -> None:
     if not INTERPRETING and not torch.cuda.is_available():
         check_fused_supported(params)
     if plan is None:
         plan = FusedPlan(params, grads, duals, momentum_buffers, momentum != 0.0)
-    e, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)
-    kind = _KINDS.get(e, 3)
-    for bi, ((pdtype, ddtype, gdtype, own), idx, (bt, bst, nt, wp, tp, bp), device) in enumerate(plan.batches):
-        n, nb = nt.numel(), bt.numel()
-        if nb == 0:
-            continue
-        gs = grads if len(idx) == len(grads) else [grads[i] for i in idx]
-        if not all(map(Tensor.is_contiguous, gs)):
-            gs = [g if g.is_contiguous() else g.contiguous() for g in gs]
-        # per step, one small host-to-device copy: gradient addresses, scale addresses, scalars
-        # omax: the parameter's largest finite value, capped at the dual's (a narrower dual
-        # cannot exceed its own range anyway)
-        omax = min(float(torch.finfo(pdtype).max), float(torch.finfo(ddtype).max))
-        rows = [g.data_ptr() for g in gs]
-        if normalize:
-            scales = [lq_scale(g, p, eps, ddtype) for g in gs]
-            rows += [x.data_ptr() for x in scales]
-        rows += [_f64_bits(v) for v in (alpha, decay, e, momentum, omax, float(torch.finfo(ddtype).max))]
-        cached = plan.step_tables.get(bi)
-        if cached is not None and cached[0] == rows:
-            step_tab = cached[1]
-        else:
-            step_tab = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
-            if not normalize:  # the scales are new tensors every step: nothing to reuse
-                plan.step_tables[bi] = (rows, step_tab)
-        gp = step_tab[:n]
-        sp = step_tab[n:2 * n] if normalize else gp
-        _md_kernel[(nb,)](
-            bt, bst, nt, wp, gp, tp, bp, sp, step_tab[-6:],
-            W_TY=_TL_DTYPES[pdtype], G_TY=_TL_DTYPES[gdtype], T_TY=_TL_DTYPES[ddtype],
-            KIND=kind, OWN=own, HAS_SCALE=normalize, HAS_MOMENTUM=momentum != 0.0,
-            HAS_DECAY=decay != 1.0, PRECISE=not INTERPRETING, BLOCK=BLOCK,
-        )
+    launch_step(prepare_step(plan, grads, lr=lr, p=p, normalize=normalize, eps=eps, momentum=momentum,
+                             weight_decay=weight_decay, maximize=maximize))

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -233,6 +233,7 @@ class MirrorDescent(Optimizer):
         self._versions: dict[int, tuple[int, int]] = {}
         self._fused_plans: dict[int, Any] = {}  # group index -> _triton.FusedPlan
         self._snapshots: dict[int, _GroupSnapshot] = {}  # group index -> the last step's lists
+        self._nonfinite_flags: dict[torch.device, Tensor] = {}  # device -> the fused check's flag
         super().__init__(params, defaults)
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -250,6 +251,7 @@ class MirrorDescent(Optimizer):
         self._versions = {}
         self._fused_plans = {}
         self._snapshots = {}
+        self._nonfinite_flags = {}
         for group in self.param_groups:
             group.setdefault("step", 0)
             group.setdefault("skipped_steps", 0)
@@ -342,25 +344,25 @@ class MirrorDescent(Optimizer):
     def _take_snapshot(self, gi: int, group: dict[str, Any], params, duals, bufs) -> None:
         plist = group["params"]
         self._snapshots[gi] = _GroupSnapshot(
-            group, self._settings(group), [x._version for x in plist], [x.data_ptr() for x in plist],
+            group, self._settings(group), list(map(_version, plist)), list(map(Tensor.data_ptr, plist)),
             [x.grad is not None for x in plist], params, duals, bufs, len(params) == len(plist),
         )
 
     def _init_group(self, group: dict[str, Any], start_index: int, gi: int = -1):
+        """The group's parameters that have gradients, with their gradients, θ and momentum
+        buffers, θ resynchronised where needed (see :class:`_Batch`)."""
         plist = group["params"]
-        grads_all = [x.grad for x in plist]
+        grads_all = list(map(_grad, plist))
         snap = self._snapshots.get(gi)
         if snap is not None and (snap.group is not group or snap.settings != self._settings(group)):
             snap = None  # a replaced group or a changed p / dual dtype / momentum: full check
         # the per-step fast path: no parameter of the group was edited or replaced (``_version``,
         # ``data_ptr``) and the same ones have gradients, so the last step's lists still hold
-        if (snap is not None and snap.versions == [x._version for x in plist]
-                and snap.ptrs == [x.data_ptr() for x in plist]
-                and snap.has_grad == [g is not None for g in grads_all]):
+        if (snap is not None and snap.versions == list(map(_version, plist))
+                and snap.ptrs == list(map(Tensor.data_ptr, plist))
+                and snap.has_grad == list(map(operator.is_not, grads_all, repeat(None)))):
             grads = grads_all if snap.all_have_grads else [g for g in grads_all if g is not None]
-            if any(map(_is_sparse, grads)):
-                raise RuntimeError("MirrorDescent does not support sparse gradients")
-            return snap.params, grads, snap.duals, snap.bufs, False
+            return _Batch(snap.params, grads, snap.duals, snap.bufs, False, _check_dense(grads))
         params, grads, duals, bufs = [], [], [], []
         versions, all_state = self._versions, self.state
         # θ may no longer match a weight when an in-place edit bumped its ``_version``, when
@@ -372,8 +374,8 @@ class MirrorDescent(Optimizer):
             grad = param.grad
             if grad is None:
                 continue
-            if grad.is_sparse:
-                raise RuntimeError("MirrorDescent does not support sparse gradients")
+            if grad.layout != torch.strided:
+                raise RuntimeError(_SPARSE_MESSAGE)
             state = all_state[param]
             if changed or versions.get(id(param)) != (param._version, param.data_ptr()):
                 self._sync_dual(param, state, group, start_index + offset)
@@ -390,7 +392,7 @@ class MirrorDescent(Optimizer):
                 bufs.append(buf)
             else:
                 bufs.append(None)
-        return params, grads, duals, bufs, synced
+        return _Batch(params, grads, duals, bufs, synced, all(map(Tensor.is_contiguous, grads)))
 
     def _find_nonfinite(self) -> tuple[int, int, Tensor] | None:
         """Precise (slow) scan: (group index, global param index, param) of the first bad gradient."""
@@ -423,41 +425,43 @@ class MirrorDescent(Optimizer):
             batches.append(self._init_group(group, start, gi))
             start += len(group["params"])
 
-        if self.nonfinite != "ignore":
-            all_grads = [g for (_, grads, _, _, _) in batches for g in grads]
-            # one host synchronisation per step (per device); a false alarm (a finite sum that
-            # overflowed) is cleared by the precise scan below
-            if all_grads and not _gradients_look_finite(all_grads):
-                bad = self._find_nonfinite()
-                if bad is not None:
-                    gi, index, param = bad
-                    step_no = self.param_groups[gi]["step"] + self.param_groups[gi]["skipped_steps"] + 1
-                    if self.nonfinite == "raise":
-                        raise NonFiniteGradientError(
-                            f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} "
-                            f"(param_groups[{gi}], shape {tuple(param.shape)}, dtype {param.dtype}) at step "
-                            f"{step_no}; nothing was updated. Pass nonfinite='skip' to skip such steps."
-                        )
-                    for group in self.param_groups:
-                        group["skipped_steps"] += 1
-                    return loss
+        # fused groups on an accelerator: the step's kernel launches, prepared before the check
+        # so that the NaN/inf check runs on the device from the same gradient tables
+        launches: dict[int, list] = {}
+        for gi, (group, (params, grads, duals, bufs, synced, contiguous)) in enumerate(zip(self.param_groups, batches)):
+            if params and group["fused"] and _uses_triton(params):
+                from attnopt.optim._triton import FusedPlan, prepare_step
 
-        for gi, (group, (params, grads, duals, bufs, synced)) in enumerate(zip(self.param_groups, batches)):
+                plan = self._fused_plans.get(gi)
+                has_momentum = group["momentum"] != 0.0
+                if synced or plan is None or not plan.matches(params, has_momentum):
+                    plan = self._fused_plans[gi] = FusedPlan(params, grads, duals, bufs, has_momentum)
+                    batches[gi] = batches[gi]._replace(synced=True)
+                launches[gi] = prepare_step(plan, grads, grads_contiguous=contiguous, **_hyper(group))
+
+        if self.nonfinite != "ignore" and self._gradients_nonfinite(batches, launches):
+            bad = self._find_nonfinite()
+            if bad is not None:
+                gi, index, param = bad
+                step_no = self.param_groups[gi]["step"] + self.param_groups[gi]["skipped_steps"] + 1
+                if self.nonfinite == "raise":
+                    raise NonFiniteGradientError(
+                        f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} "
+                        f"(param_groups[{gi}], shape {tuple(param.shape)}, dtype {param.dtype}) at step "
+                        f"{step_no}; nothing was updated. Pass nonfinite='skip' to skip such steps."
+                    )
+                for group in self.param_groups:
+                    group["skipped_steps"] += 1
+                return loss
+
+        for gi, (group, (params, grads, duals, bufs, synced, _)) in enumerate(zip(self.param_groups, batches)):
             if params:
-                hyper = dict(lr=group["lr"], p=group["p"], normalize=group["normalize"], eps=group["eps"],
-                             momentum=group["momentum"], weight_decay=group["weight_decay"],
-                             maximize=group["maximize"])
-                if group["fused"] and _uses_triton(params):
+                if gi in launches:
                     # the kernel writes through raw pointers: no _version bump, so the recorded
                     # keys stay valid and the plan (device tables of w/θ addresses) is reused
-                    from attnopt.optim._triton import FusedPlan, fused_mirror_descent
+                    from attnopt.optim._triton import launch_step
 
-                    plan = self._fused_plans.get(gi)
-                    has_momentum = group["momentum"] != 0.0
-                    if synced or plan is None or not plan.matches(params, has_momentum):
-                        plan = self._fused_plans[gi] = FusedPlan(params, grads, duals, bufs, has_momentum)
-                        synced = True
-                    fused_mirror_descent(params, grads, duals, bufs, plan=plan, **hyper)
+                    launch_step(launches[gi])
                     snap = self._snapshots.get(gi)
                     if synced or snap is None or snap.params is not params:
                         # also when only the set of parameters with gradients changed (e.g. a
@@ -465,7 +469,7 @@ class MirrorDescent(Optimizer):
                         self._take_snapshot(gi, group, params, duals, bufs)
                 else:
                     mirror_descent(params, grads, duals, bufs, foreach=group["foreach"], fused=group["fused"],
-                                   compiled=group["compiled"], **hyper)
+                                   compiled=group["compiled"], **_hyper(group))
                     synced = True
                     self._take_snapshot(gi, group, params, duals, bufs)
                 if synced:
@@ -475,8 +479,62 @@ class MirrorDescent(Optimizer):
             group["step"] += 1
         return loss
 
+    def _gradients_nonfinite(self, batches, launches: dict[int, list]) -> bool:
+        """Whether some gradient of this step may be NaN/inf (exact for the fused accelerator
+        groups, whose check is a kernel over the step's gradient tables; the other gradients
+        may give a rare false alarm, which the caller's precise scan clears).  One host
+        synchronisation per device."""
+        flags = self._nonfinite_flags
+        if launches:  # queued first, so that they run while the host checks the other gradients
+            from attnopt.optim._triton import launch_nonfinite_check
 
-_is_sparse = operator.attrgetter("is_sparse")
+            for group_launches in launches.values():
+                launch_nonfinite_check(group_launches, flags)
+        others = [g for gi, batch in enumerate(batches) if gi not in launches for g in batch.grads]
+        bad = bool(others) and not _gradients_look_finite(others)
+        devices = {launch.device for group_launches in launches.values() for launch in group_launches}
+        raised = [flags[d] for d in devices if flags[d].item()]  # one synchronisation per device
+        for flag in raised:
+            flag.zero_()  # only after a bad step: a good one leaves the flag at 0
+        return bad or bool(raised)
+
+
+def _hyper(group: dict[str, Any]) -> dict[str, Any]:
+    """The step's hyper-parameters, as the functional core takes them."""
+    return dict(lr=group["lr"], p=group["p"], normalize=group["normalize"], eps=group["eps"],
+                momentum=group["momentum"], weight_decay=group["weight_decay"], maximize=group["maximize"])
+
+
+_grad = operator.attrgetter("grad")
+_version = operator.attrgetter("_version")
+_SPARSE_MESSAGE = "MirrorDescent does not support sparse gradients"
+
+
+def _check_dense(grads: list[Tensor]) -> bool:
+    """Raise for a sparse gradient, else tell whether all are contiguous.  One pass of
+    ``is_contiguous`` (False for sparse COO, an error for the compressed layouts) answers
+    for almost every list."""
+    try:
+        if all(map(Tensor.is_contiguous, grads)):
+            return True
+    except RuntimeError:
+        pass
+    if any(g.layout != torch.strided for g in grads):
+        raise RuntimeError(_SPARSE_MESSAGE)
+    return False
+
+
+class _Batch(NamedTuple):
+    """One parameter group's share of a step, from ``MirrorDescent._init_group``."""
+
+    params: list[Tensor]  # the parameters that have gradients
+    grads: list[Tensor]
+    duals: list[Tensor | None]  # θ (None where the parameter is its own dual, p = 2)
+    bufs: list[Tensor | None]  # momentum buffers (None without momentum)
+    synced: bool  # some θ was (re)built this step: the recorded versions and lists must be renewed
+    contiguous: bool  # every gradient is contiguous
+
+
 
 
 class _GroupSnapshot(NamedTuple):
