@@ -4,11 +4,21 @@ Each program handles one block of ``BLOCK`` elements of one tensor; small device
 give, per block, its tensor and offset, and, per tensor, the addresses of w, g, θ (and the
 momentum buffer) and the normalisation scale.  Per element the kernel reads g and θ once and
 writes θ and w once (plus the momentum buffer when on) — the minimum traffic of the update.
+A whole block (all but each tensor's last) runs unmasked, and when every address of the
+batch is a multiple of 16 bytes (as the caching allocator hands them out) the kernel is told
+so, and its loads and stores become 16-byte vector accesses.
 
-The general power uses libdevice's ``powf`` and p = 3 the IEEE square root, so the result
-matches the eager path to a few ulp.  Under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter,
-used by the tests on machines without a GPU) libdevice is unavailable and ``exp(e·log|θ|)``
-stands in for the power; everything else is the same code.
+The inverse map's power takes the cheap routes of the eager paths: a square (p = 1.5), the
+IEEE square root (p = 3), binary powering for integer exponents (p = 1.1: four
+multiplications) and a square root times binary powering for half-integer ones (p = 1.4);
+any other exponent uses libdevice's ``powf``.  The result matches the eager path to a few
+ulp.  Under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, used by the tests on machines
+without a GPU) libdevice is unavailable and ``exp(e·log|θ|)`` stands in for ``powf``;
+everything else is the same code.
+
+The NaN/inf check of ``nonfinite="raise"/"skip"`` is a second kernel over the same tables:
+it reads the gradients once and raises a one-element flag, which the optimizer reads back
+(one host synchronisation per device) before it launches the update.
 
 Triton is optional: importing this module without it raises a clear ImportError, and
 :class:`~attnopt.optim.MirrorDescent` only imports it when ``fused=True``.
