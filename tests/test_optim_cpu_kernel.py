@@ -6,6 +6,7 @@ and its errors."""
 
 from __future__ import annotations
 
+import os
 import platform
 import warnings
 
@@ -159,6 +160,17 @@ def test_build_is_cached_and_a_missing_compiler_is_a_clear_error(tmp_path, monke
     _cpu.load()  # same source, compiler and CPU: the cached library is loaded, not rebuilt
     assert built[0].stat().st_mtime_ns == stamp
     assert list((tmp_path / "kernels").glob("*.so")) == built
+
+    # older builds (another source version, compiler or CPU) are pruned to the newest few
+    for k in range(_cpu.KEEP_BUILDS + 3):
+        old = tmp_path / "kernels" / f"attnopt_md_old{k:02d}.so"
+        old.write_bytes(b"")
+        os.utime(old, ns=(stamp - (k + 1) * 10**9, stamp - (k + 1) * 10**9))
+    built[0].unlink()
+    monkeypatch.setattr(_cpu, "_lib", None)
+    _cpu.load()  # a new build
+    left = {p.name for p in (tmp_path / "kernels").glob("*.so")}
+    assert left == {built[0].name} | {f"attnopt_md_old{k:02d}.so" for k in range(_cpu.KEEP_BUILDS - 1)}
 
     monkeypatch.setattr(_cpu, "_lib", None)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))

@@ -4,8 +4,8 @@ The kernel (``_cpu_kernel.c`` beside this file) is compiled at first use with th
 compiler (``$CC``, else Python's, else ``cc``) as ``-O3 -march=native -fopenmp`` (the target
 set by ``$ATTNOPT_KERNEL_ARCH``) and cached
 under ``$ATTNOPT_CACHE/kernels`` (default ``~/.cache/attnopt/kernels``, beside the token cache), keyed by the source, the
-compiler and the CPU, then loaded with :mod:`ctypes`; a second process reuses the cached
-library.  It reads g and θ once and writes θ and w once per element, writing large float32
+compiler and the CPU (the newest :data:`KEEP_BUILDS` are kept), then loaded with
+:mod:`ctypes`; a second process reuses the cached library.  It reads g and θ once and writes θ and w once per element, writing large float32
 weights with non-temporal stores, and counts non-finite gradient entries in one read (the
 optimizer's check before any write).  See the C source for the arithmetic.
 
@@ -81,6 +81,26 @@ def _cpu_signature() -> str:
     return platform.processor() + platform.machine()
 
 
+#: Builds kept in the cache folder (one per source version, compiler, flags and CPU).
+KEEP_BUILDS = 8
+
+
+def _prune(folder: Path, keep: int = KEEP_BUILDS) -> None:
+    """Delete all but the ``keep`` newest builds.  A process that has one loaded keeps its
+    mapping; a later process that needs a deleted one rebuilds it (about a second)."""
+    builds = []
+    for path in folder.glob("attnopt_md_*.so"):
+        try:
+            builds.append((path.stat().st_mtime_ns, path))
+        except OSError:  # deleted meanwhile by another process
+            pass
+    for _, path in sorted(builds, reverse=True)[keep:]:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
 def _build() -> ctypes.CDLL:
     cc = _compiler()
     try:
@@ -110,6 +130,7 @@ def _build() -> ctypes.CDLL:
                 errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
                 continue
             os.replace(tmp, target)  # atomic: concurrent builders (DDP ranks) agree
+            _prune(target.parent)
         try:
             return _declare(ctypes.CDLL(str(target)))
         except OSError as exc:
