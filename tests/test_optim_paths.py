@@ -306,7 +306,9 @@ def test_triton_kernels_compile_for_a_gpu():
     assert ops["bf16"]["ld.global.v4.b32"] > 0
     assert not any(op.startswith(("ld.global.v", "st.global.v")) for op in ops["unaligned"])
     assert sum(ops["int"].values()) * 2 < sum(ops["general"].values())
+    check = {k: "*i64" for k in ("block_tensor", "block_start", "numels", "g_ptrs")} | {"flag": "*i32"}
     for g_ty in (tl.float32, tl.bfloat16, tl.float64):
-        _compile_for_gpu(_triton._nonfinite_kernel, {k: "*i64" for k in ("block_tensor", "block_start", "numels",
-                                                                          "g_ptrs")} | {"flag": "*i32"},
-                         dict(G_TY=g_ty, BLOCK=_triton.BLOCK))
+        for aligned in (True, False):
+            check_ops = _ptx_ops(_compile_for_gpu(_triton._nonfinite_kernel, check,
+                                                  dict(G_TY=g_ty, ALIGNED=aligned, BLOCK=_triton.BLOCK)))
+            assert aligned == any(op.startswith("ld.global.v") for op in check_ops)

@@ -165,14 +165,20 @@ def _md_block(offs, mask, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu
 
 
 @triton.jit
-def _nonfinite_kernel(block_tensor, block_start, numels, g_ptrs, flag, G_TY: tl.constexpr, BLOCK: tl.constexpr):
+def _nonfinite_kernel(block_tensor, block_start, numels, g_ptrs, flag, G_TY: tl.constexpr,
+                      ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
-    start = tl.load(block_start + pid)
+    start = tl.multiple_of(tl.load(block_start + pid), BLOCK)
     n = tl.load(numels + t)
     offs = start + tl.arange(0, BLOCK)
     g_ptr = tl.load(g_ptrs + t).to(tl.pointer_type(G_TY))
-    g = tl.load(g_ptr + offs, mask=offs < n, other=0.0)
+    if ALIGNED:
+        g_ptr = tl.multiple_of(g_ptr, 16)
+    if start + BLOCK <= n:  # a whole block: vector loads when aligned
+        g = tl.load(g_ptr + offs)
+    else:
+        g = tl.load(g_ptr + offs, mask=offs < n, other=0.0)
     if G_TY != tl.float64:
         g = g.to(tl.float32)  # exact; 16-bit arithmetic is not IEEE in Triton's interpreter
     d = g - g  # NaN exactly where g is NaN or ±inf
@@ -348,7 +354,8 @@ def launch_nonfinite_check(launches: list[_Launch], flags: dict[torch.device, Te
         flag = flags.get(launch.device)
         if flag is None:
             flag = flags[launch.device] = torch.zeros(1, dtype=torch.int32, device=launch.device)
-        _nonfinite_kernel[(launch.grid,)](bt, bst, nt, gp, flag, G_TY=launch.consts["G_TY"], BLOCK=BLOCK)
+        _nonfinite_kernel[(launch.grid,)](bt, bst, nt, gp, flag, G_TY=launch.consts["G_TY"],
+                                          ALIGNED=launch.consts["ALIGNED"], BLOCK=BLOCK)
 
 
 def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,

@@ -512,13 +512,9 @@ _SPARSE_MESSAGE = "MirrorDescent does not support sparse gradients"
 
 def _check_dense(grads: list[Tensor]) -> bool:
     """Raise for a sparse gradient, else tell whether all are contiguous.  One pass of
-    ``is_contiguous`` (False for sparse COO, an error for the compressed layouts) answers
-    for almost every list."""
-    try:
-        if all(map(Tensor.is_contiguous, grads)):
-            return True
-    except RuntimeError:
-        pass
+    ``is_contiguous`` (False for a sparse tensor) answers for almost every list."""
+    if all(map(Tensor.is_contiguous, grads)):
+        return True
     if any(g.layout != torch.strided for g in grads):
         raise RuntimeError(_SPARSE_MESSAGE)
     return False
