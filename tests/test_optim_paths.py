@@ -71,6 +71,13 @@ _TRITON_SCRIPT = textwrap.dedent(
     from attnopt.optim import MirrorDescent
     from optim_reference import grads_like, make_params
 
+    def fused_and_single(a, b, **kw):
+        return MirrorDescent(a, fused=True, **kw), MirrorDescent(b, foreach=False, **kw)
+
+    def assert_same(a, b):
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+
     def run(params, **kw):
         opt = MirrorDescent(params, **kw)
         for k in range(3):
@@ -103,8 +110,7 @@ _TRITON_SCRIPT = textwrap.dedent(
     # an in-place edit from outside, a parameter whose gradient comes and goes
     a = make_params((40, 30), (7,))
     b = make_params((40, 30), (7,))
-    oa = MirrorDescent(a, lr=0.02, p=1.3, fused=True)
-    ob = MirrorDescent(b, lr=0.02, p=1.3, foreach=False)
+    oa, ob = fused_and_single(a, b, lr=0.02, p=1.3)
     for k in range(6):
         for params in (a, b):
             for j, (x, g) in enumerate(zip(params, grads_like(params, seed=20 + k))):
@@ -117,8 +123,7 @@ _TRITON_SCRIPT = textwrap.dedent(
                 params[1].grad = grads_like([params[1]], seed=99)[0]
         oa.step()
         ob.step()
-        for x, y in zip(a, b):
-            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+        assert_same(a, b)
     # a parameter that stops getting gradients: after one full check the fast path is back
     for k in range(3):
         a[0].grad, a[1].grad = grads_like(a[:1], seed=40 + k)[0], None
@@ -129,8 +134,7 @@ _TRITON_SCRIPT = textwrap.dedent(
     # when a gradient moves or the learning rate changes
     a = make_params((40, 30), (7,))
     b = make_params((40, 30), (7,))
-    oa = MirrorDescent(a, lr=0.02, p=1.3, fused=True)
-    ob = MirrorDescent(b, lr=0.02, p=1.3, foreach=False)
+    oa, ob = fused_and_single(a, b, lr=0.02, p=1.3)
     ga, gb = grads_like(a, seed=50), grads_like(b, seed=50)
     for x, g in zip(a, ga):
         x.grad = g
@@ -145,23 +149,20 @@ _TRITON_SCRIPT = textwrap.dedent(
         oa.step()
         ob.step()
         tables.append(oa._fused_plans[0].step_tables[0][1])
-        for x, y in zip(a, b):
-            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+        assert_same(a, b)
     assert tables[1] is tables[0] and tables[2] is not tables[1] and tables[3] is not tables[2]
     assert tables[4] is tables[3]
     # a non-contiguous gradient (a contiguous copy goes to the kernel), then contiguous again
     a = make_params((40, 30), (7,))
     b = make_params((40, 30), (7,))
-    oa = MirrorDescent(a, lr=0.02, p=1.1, fused=True)
-    ob = MirrorDescent(b, lr=0.02, p=1.1, foreach=False)
+    oa, ob = fused_and_single(a, b, lr=0.02, p=1.1)
     for k in range(4):
         for params in (a, b):
             for x, g in zip(params, grads_like(params, seed=70 + k)):
                 x.grad = g.t().contiguous().t() if k in (1, 2) and g.dim() == 2 else g
         oa.step()
         ob.step()
-        for x, y in zip(a, b):
-            torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+        assert_same(a, b)
     # vector accesses when every address is 16-byte aligned; a parameter that starts one
     # element into its storage takes the scalar kernel
     from attnopt.optim._triton import prepare_step
@@ -169,16 +170,14 @@ _TRITON_SCRIPT = textwrap.dedent(
         a = [torch.nn.Parameter(x.detach().new_zeros(x.numel() + 1)[offset:offset + x.numel()].view_as(x).copy_(x))
              for x in make_params((40, 30), (1500,))]
         b = make_params((40, 30), (1500,))
-        oa = MirrorDescent(a, lr=0.02, p=1.5, fused=True)
-        ob = MirrorDescent(b, lr=0.02, p=1.5, foreach=False)
+        oa, ob = fused_and_single(a, b, lr=0.02, p=1.5)
         for k in range(2):
             for params in (a, b):
                 for x, g in zip(params, grads_like(params, seed=80 + k)):
                     x.grad = g
             oa.step()
             ob.step()
-            for x, y in zip(a, b):
-                torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-7)
+            assert_same(a, b)
         launches = prepare_step(oa._fused_plans[0], [x.grad for x in a], lr=0.02, p=1.5, normalize=False,
                                 eps=0.0, momentum=0.0, weight_decay=0.0, maximize=False)
         assert [launch.consts["ALIGNED"] for launch in launches] == [offset == 0]
