@@ -103,6 +103,21 @@ def solve(
                   f"tokens used {sp['num_tokens_used']}/{tokens} → {sp['tokens_used']}")
 
 
+def _run_experiment(config_cls, values: dict, set_: list[str], run, out: Optional[Path], errors: tuple) -> None:
+    """Build the config from the options and ``--set key=value`` pairs (``errors`` exit with
+    code 2 and a message), run the experiment with progress bars, print its report."""
+    values.update(_parse_set(set_))
+    try:
+        cfg = config_cls.from_dict(values)
+    except errors as exc:
+        console.print(f"[red]config error:[/red] {exc}")
+        raise typer.Exit(2)
+    with _progress() as bars:
+        res = run(cfg, out=out, progress=_Bars(bars))
+    console.print((res.run_dir / "report.md").read_text(), markup=False, soft_wrap=True)
+    console.print(f"run folder: {res.run_dir.path}")
+
+
 @app.command("student-teacher")
 def student_teacher(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/convex-student-teacher-<time>)"),
@@ -125,16 +140,7 @@ def student_teacher(
                   target_dim=None if target_dim == 0 else target_dim, beta_rel=beta_rel,
                   convex_max_iter=convex_max_iter, baseline_steps=baseline_steps,
                   data_root=None if data is None else str(data))
-    values.update(_parse_set(set_))
-    try:
-        cfg = StudentTeacherConfig.from_dict(values)
-    except (ConfigError, TypeError) as exc:
-        console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2)
-    with _progress() as p:
-        res = run_student_teacher(cfg, out=out, progress=_Bars(p))
-    console.print((res.run_dir / "report.md").read_text(), markup=False, soft_wrap=True)
-    console.print(f"run folder: {res.run_dir.path}")
+    _run_experiment(StudentTeacherConfig, values, set_, run_student_teacher, out, (ConfigError, TypeError))
 
 
 @app.command()
@@ -158,13 +164,4 @@ def modular(
     values = dict(seed=seed, p=p, train_fraction=train_fraction, steps=steps,
                   layers=tuple(int(x) for x in layers.split(",") if x.strip()), weight_decay=weight_decay,
                   convex_max_iter=convex_max_iter, gate_patterns=gate_patterns, beta_rel=beta_rel)
-    values.update(_parse_set(set_))
-    try:
-        cfg = ModularConfig.from_dict(values)
-    except (ConfigError, TypeError, ValueError) as exc:
-        console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2)
-    with _progress() as pr:
-        res = run_modular(cfg, out=out, progress=_Bars(pr))
-    console.print((res.run_dir / "report.md").read_text(), markup=False, soft_wrap=True)
-    console.print(f"run folder: {res.run_dir.path}")
+    _run_experiment(ModularConfig, values, set_, run_modular, out, (ConfigError, TypeError, ValueError))
