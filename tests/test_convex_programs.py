@@ -35,12 +35,7 @@ from attnopt.convex import (
 from attnopt.convex.programs import loss_conjugate, loss_grad, loss_value
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny problems: threads only add contention on shared CI cores
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny problems (tests/conftest.py)
 
 
 def _instance(kind: str, N=16, n=5, d=3, c=3, m=0, seed=0, beta=1.0):
