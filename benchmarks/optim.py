@@ -26,6 +26,12 @@ move: read g, read θ, write θ, write w, at their dtypes; the non-finite check'
 g is not counted, so it shows as lost bandwidth) against a device-to-device copy of the same
 number of float32 elements, and its time against ``SGD(fused=True)``.  ``--dtype bfloat16``
 times bf16 parameters and gradients (θ stays float32).
+
+On CUDA a round is 20 back-to-back steps, as for the copy reference: the time then counts the
+steady state, where the host prepares a step while the device runs the one before, and not
+mostly the first step's host work, during which the device idles.  Each bandwidth line also
+gives the host time per step (the calls alone, without waiting for the device): a step whose
+host time exceeds its device time is bound by the host.
 """
 
 from __future__ import annotations
@@ -123,13 +129,18 @@ def kernel_only(ws, lr: float, p: float):
                                         momentum=0.0, weight_decay=0.0, maximize=False, plan=plan)
 
 
-def time_round(fn, steps: int, device) -> float:
+def time_round(fn, steps: int, device) -> tuple[float, float]:
+    """(host time, elapsed time) per step over ``steps`` back-to-back steps.  On CUDA the host
+    time is what the calls themselves take (the kernels run asynchronously), the elapsed time
+    runs until the device has finished; on CPU the two are the same."""
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         fn()
+    t1 = time.perf_counter()
     _sync(device)
-    return (time.perf_counter() - t0) / steps
+    t2 = time.perf_counter()
+    return (t1 - t0) / steps, (t2 - t0) / steps
 
 
 def bench(shapes, device, dtype, p, lr, rounds, steps, only=None):
@@ -143,17 +154,23 @@ def bench(shapes, device, dtype, p, lr, rounds, steps, only=None):
         _sync(device)
         print(f"  warm-up {name}: {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
     times = {k: [] for k in fns}
+    host = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            times[name].append(time_round(fn, steps, device))
-    return {k: (statistics.median(v), min(v)) for k, v in times.items()}
+            h, t = time_round(fn, steps, device)
+            times[name].append(t)
+            host[name].append(h)
+    return {k: (statistics.median(v), min(v), statistics.median(host[k])) for k, v in times.items()}
+
+
+COPY_STEPS = 20  # back-to-back steps per timed round on CUDA (and for the copy reference)
 
 
 def copy_bandwidth(numel: int, device) -> float:
     src = torch.empty(numel, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    t = min(time_round(lambda: dst.copy_(src), 20, device) for _ in range(3))
+    t = min(time_round(lambda: dst.copy_(src), COPY_STEPS, device)[1] for _ in range(3))
     return 2 * numel * 4 / t
 
 
@@ -163,7 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--p", type=float, nargs="+", default=[1.1, 1.5, 1.75, 3.0])
     ap.add_argument("--blocks", type=int, default=1, help="transformer blocks after the embeddings")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=5, help="steps per round")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"steps per round (default 5 on CPU; {COPY_STEPS} on CUDA, as for the copy reference)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--only", nargs="*", help="restrict to these contenders (sgd-foreach always runs)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
@@ -189,9 +207,10 @@ def main(argv=None) -> int:
     for device in devices:
         for p in args.p:
             print(f"[{device.type}] p={p:g}", file=sys.stderr, flush=True)
-            med = bench(shapes, device, dtype, p, args.lr, args.rounds, args.steps, args.only)
-            base, base_min = med["sgd-foreach"]
-            for name, (t, t_min) in med.items():
+            steps = args.steps or (COPY_STEPS if device.type == "cuda" else 5)
+            med = bench(shapes, device, dtype, p, args.lr, args.rounds, steps, args.only)
+            base, base_min, _ = med["sgd-foreach"]
+            for name, (t, t_min, _) in med.items():
                 rows.append((device.type, p, name, t * 1e3, t / base, t_min * 1e3, t_min / base_min))
             if device.type == "cuda" and "sgd-fused" in med:
                 b = torch.finfo(dtype).bits // 8
@@ -199,10 +218,11 @@ def main(argv=None) -> int:
                 sgd_moved = numel * 3 * b  # read g, read w, write w
                 bw = copy_bandwidth(numel, device)
                 for name in [k for k in ("fused", "fused/ignore", "fused-kernel") if k in med]:
-                    t = med[name][0]
+                    t, _, host = med[name]
                     print(f"cuda p={p:g} {name}: {moved / t / 1e9:.0f} GB/s = {moved / t / bw:.0%} of the "
                           f"copy's {bw / 1e9:.0f} GB/s; time {t / med['sgd-fused'][0]:.2f}x sgd-fused "
-                          f"(sgd-fused: {sgd_moved / med['sgd-fused'][0] / 1e9:.0f} GB/s)")
+                          f"(sgd-fused: {sgd_moved / med['sgd-fused'][0] / 1e9:.0f} GB/s); host "
+                          f"{host * 1e3:.3f} ms/step of {t * 1e3:.3f} ({steps} steps per round)")
     if args.markdown:
         print("| device | p | path | median ms/step | × SGD-foreach | min ms/step | min × SGD-foreach min |")
         print("|---|---|---|---:|---:|---:|---:|")

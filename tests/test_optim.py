@@ -408,6 +408,8 @@ def test_every_change_between_steps_is_seen(path):
     w.grad, v.grad = g(w, 22).to_sparse(), g(v, 23)  # and on the fast path
     with pytest.raises(RuntimeError, match="sparse"):
         opt.step()
+    # on the fast path, a non-contiguous gradient before a vanished one: both are seen
+    step_and_check([g(w, 24).t().contiguous().t(), None])
 
 
 # --------------------------------------------------------------------------- optimizer plumbing

@@ -359,10 +359,17 @@ class MirrorDescent(Optimizer):
         # the per-step fast path: no parameter of the group was edited or replaced (``_version``,
         # ``data_ptr``) and the same ones have gradients, so the last step's lists still hold
         if (snap is not None and snap.versions == list(map(_version, plist))
-                and snap.ptrs == list(map(Tensor.data_ptr, plist))
-                and snap.has_grad == list(map(operator.is_not, grads_all, repeat(None)))):
-            grads = grads_all if snap.all_have_grads else [g for g in grads_all if g is not None]
-            return _Batch(snap.params, grads, snap.duals, snap.bufs, False, _check_dense(grads))
+                and snap.ptrs == list(map(Tensor.data_ptr, plist))):
+            if snap.all_have_grads:
+                # one pass checks both that no gradient is gone (``is_contiguous`` of None is a
+                # TypeError) and that all are contiguous and dense
+                try:
+                    return _Batch(snap.params, grads_all, snap.duals, snap.bufs, False, _check_dense(grads_all))
+                except TypeError:
+                    pass  # a gradient was set to None: the full check below
+            elif snap.has_grad == list(map(operator.is_not, grads_all, repeat(None))):
+                grads = [g for g in grads_all if g is not None]
+                return _Batch(snap.params, grads, snap.duals, snap.bufs, False, _check_dense(grads))
         params, grads, duals, bufs = [], [], [], []
         versions, all_state = self._versions, self.state
         # θ may no longer match a weight when an in-place edit bumped its ``_version``, when
@@ -512,11 +519,15 @@ _SPARSE_MESSAGE = "MirrorDescent does not support sparse gradients"
 
 def _check_dense(grads: list[Tensor]) -> bool:
     """Raise for a sparse gradient, else tell whether all are contiguous.  One pass of
-    ``is_contiguous`` (False for a sparse tensor) answers for almost every list."""
+    ``is_contiguous`` (False for a sparse tensor) answers for almost every list.  A None in
+    the list raises TypeError (the fast path's sign that a gradient is gone)."""
     if all(map(Tensor.is_contiguous, grads)):
         return True
-    if any(g.layout != torch.strided for g in grads):
-        raise RuntimeError(_SPARSE_MESSAGE)
+    for g in grads:
+        if g is None:
+            raise TypeError("a gradient is None")
+        if g.layout != torch.strided:
+            raise RuntimeError(_SPARSE_MESSAGE)
     return False
 
 
