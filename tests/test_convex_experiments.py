@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from attnopt.convex.cli import app
-from attnopt.convex.config import ConfigError
+from attnopt.config import ConfigError
 from attnopt.data.modular import division_equations, split_equations
 from attnopt.data.shared import data_root
 from attnopt.data.text import SST2_FILE, TOKENIZER_FILE

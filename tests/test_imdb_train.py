@@ -21,13 +21,6 @@ HAVE_DATA = (data_root() / reviews.DATASET_FILES["sst2"]).is_file() and (
     data_root() / reviews.TOKENIZER_FILE).is_file()
 needs_data = pytest.mark.skipif(not HAVE_DATA, reason="shared data folder not available")
 
-try:
-    from attnopt.optim import MirrorDescent  # noqa: F401
-
-    HAVE_MD = True
-except ImportError:  # the optimiser lands separately
-    HAVE_MD = False
-
 POS = {"great", "best", "wonderful", "beautiful", "excellent", "good", "fun", "funny", "enjoyable", "love",
        "charming", "brilliant", "moving", "delightful", "fine"}
 NEG = {"bad", "worst", "dull", "boring", "awful", "stupid", "mess", "tedious", "poor", "flat", "lame", "waste",
@@ -84,8 +77,6 @@ OPTIMIZERS = [
 @needs_data
 @pytest.mark.parametrize("opt,p,lr", OPTIMIZERS, ids=[f"{o}-{p:g}" for o, p, _ in OPTIMIZERS])
 def test_every_optimizer_learns(easy_data, tmp_path, opt, p, lr):
-    if opt == "md" and not HAVE_MD:
-        pytest.skip("attnopt.optim.MirrorDescent not available yet")
     cfg = TrainConfig(**TINY, optimizer=opt, p=p, lr=lr, dropout=0.0, max_epochs=10, seed=0)
     s = train(cfg, tmp_path / "run", data=easy_data, log=None)
     # 200 held-out sentences: chance is 0.5 (sd 0.035); require a clear margin
@@ -97,8 +88,7 @@ def test_every_optimizer_learns(easy_data, tmp_path, opt, p, lr):
 
 @needs_data
 def test_resume_is_bit_exact(easy_data, tmp_path):
-    opt = "md" if HAVE_MD else "adam"
-    base = dict(TINY, optimizer=opt, p=1.1, lr=1e-3, dropout=0.2, seed=3)
+    base = dict(TINY, optimizer="md", p=1.1, lr=1e-3, dropout=0.2, seed=3)
     full = train(TrainConfig(**base, max_epochs=3), tmp_path / "full", data=easy_data, log=None)
     train(TrainConfig(**base, max_epochs=1), tmp_path / "split", data=easy_data, log=None)
     assert _model_state(tmp_path / "split")["epoch"] == 1
@@ -140,8 +130,6 @@ def test_stop_file_finishes_cleanly_and_resume_continues(easy_data, tmp_path):
 @needs_data
 @pytest.mark.parametrize("opt", ["sgd", "md"])
 def test_nan_loss_stops_cleanly_and_keeps_checkpoint(easy_data, tmp_path, opt):
-    if opt == "md" and not HAVE_MD:
-        pytest.skip("attnopt.optim.MirrorDescent not available yet")
 
     def hook(epoch, step, loss):
         return loss * float("nan") if (epoch, step) == (2, 3) else loss

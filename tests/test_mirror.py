@@ -1,7 +1,5 @@
 """The ℓp mirror map and Bregman divergences against float64 references."""
 
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -68,7 +68,7 @@ def test_convergence_config_errors(bad):
 
 
 def test_unknown_key_message_lists_valid_keys():
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_sedes'\].*n_seeds"):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['n_sedes'\].*n_seeds"):
         run_convergence(n_sedes=3)
 
 

@@ -143,7 +143,7 @@ def _run_dir(out: Optional[Path], name: str) -> Path:
 
 def _config(cls, **kw):
     """Build a config; turn validation errors into a clean CLI error."""
-    from attnopt.experiments.synthetic import ConfigError
+    from attnopt.config import ConfigError
 
     try:
         return cls.from_dict(kw)

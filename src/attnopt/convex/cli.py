@@ -133,7 +133,7 @@ def student_teacher(
     set_: list[str] = typer.Option([], "--set", help="any other config key=value"),
 ) -> None:
     """Refit the last attention layer of all-MiniLM-L6-v2 on SST-2: convex vs softmax vs simplex."""
-    from attnopt.convex.config import ConfigError
+    from attnopt.config import ConfigError
     from attnopt.experiments.convex_student_teacher import StudentTeacherConfig, run_student_teacher
 
     values = dict(seed=seed, num_train=num_train, num_test=num_test, max_len=max_len,
@@ -158,7 +158,7 @@ def modular(
     set_: list[str] = typer.Option([], "--set", help="any other config key=value"),
 ) -> None:
     """Modular division a ÷ b mod p: 1-/2-layer transformers (AdamW) vs the convex model."""
-    from attnopt.convex.config import ConfigError
+    from attnopt.config import ConfigError
     from attnopt.experiments.convex_modular import ModularConfig, run_modular
 
     values = dict(seed=seed, p=p, train_fraction=train_fraction, steps=steps,

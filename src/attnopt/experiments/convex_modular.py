@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from attnopt.convex.config import ConfigError, config_from_dict
+from attnopt.config import ConfigError, config_from_dict
 from attnopt.convex.fista import solve_fista
 from attnopt.convex.programs import apply_gates, make_problem, sample_gates
 from attnopt.data.modular import split_equations

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from attnopt.convex.baselines import SimplexAttention, SoftmaxAttention, train_baseline
-from attnopt.convex.config import ConfigError, config_from_dict
+from attnopt.config import ConfigError, config_from_dict
 from attnopt.convex.fista import solve_fista
 from attnopt.convex.programs import make_problem
 from attnopt.convex.recovery import convex_to_heads, nonconvex_objective, sparsity_report

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnopt.config import ConfigError, config_from_dict
 from attnopt.data.reviews import ReviewData, TokenizedSplit, check_dataset, load_reviews
 from attnopt.models.encoder import EncoderClassifier, EncoderConfig
 from attnopt.report.runs import RunDir, atomic_torch_save
@@ -140,10 +141,10 @@ class TrainConfig:
         if self.optimizer in ("sgdm", "sgdmomentum"):
             self.optimizer = "sgd"
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         self.p = float(self.p)
         if self.optimizer == "md" and not (math.isfinite(self.p) and self.p > 1.0):
-            raise ValueError(f"mirror descent needs p > 1, got p={self.p}")
+            raise ConfigError(f"mirror descent needs p > 1, got p={self.p}")
         checks = [
             ("loss_reduction", self.loss_reduction in ("sum", "mean"), "'sum' or 'mean'"),
             ("precision", self.precision in ("auto", "fp32", "bf16"), "'auto', 'fp32' or 'bf16'"),
@@ -162,9 +163,9 @@ class TrainConfig:
         ]
         for name, ok, what in checks:
             if not ok:
-                raise ValueError(f"{name} must be {what}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be {what}, got {getattr(self, name)!r}")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
         self.model_config()  # validates the model fields
 
     # -- derived settings
@@ -204,11 +205,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 # --------------------------------------------------------------------------- optimisers

@@ -34,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from attnopt.config import ConfigError, config_from_dict
 from attnopt.data.synthetic import (INITS, QUERIES, SyntheticData, convergence_batch, convergence_instance,
                                     joint_instance)
 from attnopt.experiments._batched_md import DEFAULT_EPS, Trajectory, log_grid, train_md
@@ -49,10 +50,6 @@ SOLVERS = ("auto", "fast", "cvxpy")
 
 #: progress(label, advance, total): called with the work done since the last call.
 ProgressFn = Callable[[str, int, int], None]
-
-
-class ConfigError(ValueError):
-    """An experiment configuration has an unknown key or an invalid value."""
 
 
 def default_iterations(p: float) -> int:
@@ -154,12 +151,7 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None = None, **overrides: Any):
-        data = {**(dict(data) if data else {}), **overrides}
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown key(s) {unknown}; valid keys are {names}")
-        return cls(**data)
+        return config_from_dict(cls, data, **overrides)
 
     def replace(self, **overrides: Any):
         return type(self).from_dict(dataclasses.asdict(self), **overrides)
