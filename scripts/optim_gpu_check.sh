@@ -10,7 +10,7 @@
 #   bench_float32.md    benchmarks/optim.py --device cuda --blocks 52 (fused contenders), markdown
 #   bench_bfloat16.md   the same with --dtype bfloat16
 # Each benchmark file holds the bandwidth lines (share of the copy bandwidth, time against
-# SGD(fused=True), host time per step) and the table. About 5 minutes on an H100.
+# SGD(fused=True), host time per step) and the table. Not yet run on a GPU: a few minutes expected.
 # Needs CUDA, Triton, pytest and hypothesis; the package itself is found in src/ without an
 # install (PYTHON defaults to python3). Exits non-zero if a test or a run fails, after running
 # everything.
