@@ -259,8 +259,9 @@ def test_compiled_extreme_weights_and_zeros(p):
     assert bool(torch.isfinite(w).all()) and w[0].item() == big
 
 
-def _compile_for_gpu(fn, args: dict, consts: dict) -> str:
-    """PTX of a Triton kernel compiled ahead of time for an sm_90 GPU (no GPU needed)."""
+def _compile_for_gpu(fn, args: dict, consts: dict, fp_fusion: bool | None = None) -> str:
+    """PTX of a Triton kernel compiled ahead of time for an sm_90 GPU (no GPU needed), with
+    the launches' FP-fusion setting unless ``fp_fusion`` says otherwise."""
     triton = pytest.importorskip("triton")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -270,7 +271,10 @@ def _compile_for_gpu(fn, args: dict, consts: dict) -> str:
     signature = dict(args, **{k: "constexpr" for k in consts})
     names = list(signature)
     src = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    from attnopt.optim import _triton
+
+    options = {"enable_fp_fusion": _triton.FP_FUSION if fp_fusion is None else fp_fusion}
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
 
 
 def _ptx_ops(ptx: str) -> dict[str, int]:
@@ -305,6 +309,11 @@ def test_triton_kernels_compile_for_a_gpu():
     assert ops["bf16"]["ld.global.v4.b32"] > 0
     assert not any(op.startswith(("ld.global.v", "st.global.v")) for op in ops["unaligned"])
     assert sum(ops["int"].values()) * 2 < sum(ops["general"].values())
+    # FP fusion is set by us, not by Triton's default (which changes in Triton 3.10)
+    assert _triton.FP_FUSION and ops["all options"]["fma.rn.f32"] > 0
+    unfused = _ptx_ops(_compile_for_gpu(_triton._md_kernel, tables, dict(base, HAS_SCALE=True, HAS_MOMENTUM=True,
+                                                                          HAS_DECAY=True), fp_fusion=False))
+    assert unfused["fma.rn.f32"] == 0 and unfused["add.rn.f32"] > 0
     check = {k: "*i64" for k in ("block_tensor", "block_start", "numels", "g_ptrs")} | {"flag": "*i32"}
     for g_ty in (tl.float32, tl.bfloat16, tl.float64):
         for aligned in (True, False):

@@ -47,6 +47,12 @@ __all__ = ["fused_mirror_descent", "FusedPlan", "prepare_step", "launch_step", "
 #: Elements per program.
 BLOCK = 1024
 
+#: Let the compiler contract a·b + c into one fused multiply-add (one rounding instead of
+#: two).  Passed at every launch, so the numerics do not depend on Triton's default, which
+#: turns off with Triton 3.10 (``TRITON_DEFAULT_FP_FUSION``); the kernel's accuracy tests and
+#: timings were taken with fusion on.
+FP_FUSION = True
+
 #: How the kernel computes |θ|^e, by :func:`~attnopt.optim._math.classify_exponent`'s kind:
 #: integer and half-integer exponents (p = 1.1, 1.25, 1.4, 5/3, ...) by binary powering.
 _KINDS = {"identity": 0, "sqrt": 1, "square": 2, "general": 3, "int": 4, "halfint": 5}
@@ -342,7 +348,7 @@ def prepare_step(plan: FusedPlan, grads: list[Tensor], *, lr, p, normalize, eps,
 def launch_step(launches: list[_Launch]) -> None:
     """Run a prepared step (asynchronously, on the parameters' devices)."""
     for launch in launches:
-        _md_kernel[(launch.grid,)](*launch.tables, **launch.consts)
+        _md_kernel[(launch.grid,)](*launch.tables, **launch.consts, enable_fp_fusion=FP_FUSION)
 
 
 def launch_nonfinite_check(launches: list[_Launch], flags: dict[torch.device, Tensor]) -> None:
@@ -355,7 +361,8 @@ def launch_nonfinite_check(launches: list[_Launch], flags: dict[torch.device, Te
         if flag is None:
             flag = flags[launch.device] = torch.zeros(1, dtype=torch.int32, device=launch.device)
         _nonfinite_kernel[(launch.grid,)](bt, bst, nt, gp, flag, G_TY=launch.consts["G_TY"],
-                                          ALIGNED=launch.consts["ALIGNED"], BLOCK=BLOCK)
+                                          ALIGNED=launch.consts["ALIGNED"], BLOCK=BLOCK,
+                                          enable_fp_fusion=FP_FUSION)
 
 
 def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
