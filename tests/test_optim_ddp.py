@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
+import gc
 import os
-import socket
 import sys
 
 import pytest
@@ -39,23 +40,23 @@ def _train(model, batches, rank=0, world=1, **impl):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, dtype=torch.float64, impl=None) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+def _worker(rank: int, world: int, out_dir: str, dtype=torch.float64, impl=None) -> None:
+    faulthandler.enable(all_threads=True)  # a worker killed by a signal leaves its Python stacks in the log
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # rendezvous through a file, as torch's own gloo tests do: no port to pick, so no race for one
+    dist.init_process_group("gloo", init_method=f"file://{os.path.join(out_dir, 'store')}",
+                            rank=rank, world_size=world)
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(_model(dtype))
         params = _train(ddp, _batches(dtype), rank, world, **(impl or {}))
         torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
+        # an orderly teardown: both ranks done talking, the DDP wrapper (which holds the gloo
+        # backend and its threads) gone, then the group destroyed while the interpreter is whole
+        dist.barrier()
+        del ddp
+        gc.collect()
     finally:
         dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # float64 on the default path; float32 on the fused CPU kernel (both ranks build or share it)
@@ -67,7 +68,7 @@ CASES = [pytest.param(torch.float64, {}, 1e-12, id="float64-default"),
 @pytest.mark.skipif(sys.platform == "win32", reason="spawned gloo workers are slow/flaky on Windows")
 @pytest.mark.parametrize("dtype, impl, rtol", CASES)
 def test_ddp_two_processes_equal_single_process(tmp_path, dtype, impl, rtol):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), dtype, impl), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path), dtype, impl), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     single = _train(_model(dtype), _batches(dtype), **impl)
