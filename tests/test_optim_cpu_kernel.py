@@ -2,12 +2,15 @@
 path tests in test_optim.py do not reach — every exponent route on multi-chunk tensors with
 ragged tails and the non-temporal store, the float32 and float64 general powers, the
 fallback for tensors the kernel does not take, the exact non-finite count, the build cache
-and its errors."""
+and its errors, and memory safety (the kernel built with AddressSanitizer)."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -209,3 +212,76 @@ def test_portable_builds_agree_with_the_single_tensor_path(arch, tmp_path, monke
     for p in (1.3, 2.5, 1.15):  # the general power, float32 and float64
         _assert_round_trip_over_float32_range(p, arch)
     assert len(list((tmp_path / "kernels").glob("*.so"))) == 1
+
+
+# --- memory safety: the kernel built with AddressSanitizer -------------------------------------
+
+_ASAN_SCRIPT = r"""
+import sys
+from pathlib import Path
+
+import torch
+
+from attnopt.optim import MirrorDescent, _cpu
+
+if len(sys.argv) > 1:
+    _cpu.SOURCE = Path(sys.argv[1])  # a deliberately broken copy: the check must catch it
+torch.manual_seed(0)
+sizes = [1, 15, 17, 513, 4099, (1 << 18) + 3]  # ragged tails, several chunks, the streamed store
+options = [{}, dict(normalize=True, momentum=0.9, weight_decay=0.01)]
+for p in (2.0, 1.5, 3.0, 1.1, 1.4, 1.3, 1.15):  # every exponent route, the float64 power last
+    for dtype in (torch.float32, torch.bfloat16):
+        for opts in options:
+            params = [torch.nn.Parameter(torch.randn(n).to(dtype)) for n in sizes]
+            opt = MirrorDescent(params, lr=0.01, p=p, fused=True, **opts)
+            for _ in range(2):
+                for x in params:
+                    x.grad = torch.randn(x.shape).to(x.grad.dtype if x.grad is not None else dtype)
+                opt.step()
+print("ran", flush=True)
+"""
+
+
+def _asan_runtime() -> str | None:
+    """The AddressSanitizer runtime of the kernel's compiler (GCC's ``libasan.so``), if any."""
+    try:
+        out = subprocess.run(_cpu._compiler() + ["-print-file-name=libasan.so"], capture_output=True,
+                             text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out if os.path.isabs(out) and os.path.exists(out) else None
+
+
+def _run_under_asan(tmp_path, *args: str):
+    script = tmp_path / "asan_steps.py"
+    script.write_text(_ASAN_SCRIPT)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, ATTNOPT_CACHE=str(tmp_path / "cache"), LD_PRELOAD=_asan_runtime(),
+               CC=" ".join(_cpu._compiler() + ["-fsanitize=address", "-fno-omit-frame-pointer"]),
+               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1", PYTHONPATH=src)
+    return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.system() != "Linux", reason="LD_PRELOAD of the sanitizer runtime")
+def test_kernel_is_memory_safe_under_address_sanitizer(tmp_path):
+    """Every route of the C kernel, built with ``-fsanitize=address`` and run with the sanitizer
+    preloaded (so torch's tensors get red zones too): no access outside a tensor.  The same
+    check on a copy with a one-element overrun in the weight store must fail."""
+    if _asan_runtime() is None:
+        pytest.skip("the C compiler has no AddressSanitizer runtime (libasan.so)")
+    clean = _run_under_asan(tmp_path)
+    assert clean.returncode == 0 and "ran" in clean.stdout, clean.stderr[-4000:]
+    assert "AddressSanitizer" not in clean.stderr
+
+    source = _cpu.SOURCE.read_text()
+    tail_loop = "    for (; j < L; j++) w[j] = v[j];\n}"
+    assert source.count(tail_loop) == 1
+    broken = tmp_path / "broken_kernel.c"
+    broken.write_text(source.replace(tail_loop, "    for (; j <= L; j++) w[j] = v[j];\n}"))
+    caught = _run_under_asan(tmp_path, str(broken))
+    # the overrun writes past a tensor (heap) and reads past the block buffer (stack): whichever
+    # OpenMP thread gets there first is reported
+    assert caught.returncode != 0, caught.stdout[-2000:]
+    assert re.search(r"AddressSanitizer: (heap|stack)-buffer-overflow", caught.stderr), caught.stderr[-4000:]
