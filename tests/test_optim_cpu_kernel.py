@@ -236,7 +236,7 @@ for p in (2.0, 1.5, 3.0, 1.1, 1.4, 1.3, 1.15):  # every exponent route, the floa
             opt = MirrorDescent(params, lr=0.01, p=p, fused=True, **opts)
             for _ in range(2):
                 for x in params:
-                    x.grad = torch.randn(x.shape).to(x.grad.dtype if x.grad is not None else dtype)
+                    x.grad = torch.randn(x.shape).to(dtype)
                 opt.step()
 print("ran", flush=True)
 """
@@ -252,13 +252,12 @@ def _asan_runtime() -> str | None:
     return out if os.path.isabs(out) and os.path.exists(out) else None
 
 
-def _run_under_asan(tmp_path, *args: str):
+def _run_under_asan(tmp_path, runtime: str, *args: str):
     script = tmp_path / "asan_steps.py"
     script.write_text(_ASAN_SCRIPT)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    env = dict(os.environ, ATTNOPT_CACHE=str(tmp_path / "cache"), LD_PRELOAD=_asan_runtime(),
+    env = dict(os.environ, ATTNOPT_CACHE=str(tmp_path / "cache"), LD_PRELOAD=runtime,
                CC=" ".join(_cpu._compiler() + ["-fsanitize=address", "-fno-omit-frame-pointer"]),
-               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1", PYTHONPATH=src)
+               ASAN_OPTIONS="detect_leaks=0:halt_on_error=1")
     return subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -269,9 +268,10 @@ def test_kernel_is_memory_safe_under_address_sanitizer(tmp_path):
     """Every route of the C kernel, built with ``-fsanitize=address`` and run with the sanitizer
     preloaded (so torch's tensors get red zones too): no access outside a tensor.  The same
     check on a copy with a one-element overrun in the weight store must fail."""
-    if _asan_runtime() is None:
+    runtime = _asan_runtime()
+    if runtime is None:
         pytest.skip("the C compiler has no AddressSanitizer runtime (libasan.so)")
-    clean = _run_under_asan(tmp_path)
+    clean = _run_under_asan(tmp_path, runtime)
     assert clean.returncode == 0 and "ran" in clean.stdout, clean.stderr[-4000:]
     assert "AddressSanitizer" not in clean.stderr
 
@@ -280,7 +280,7 @@ def test_kernel_is_memory_safe_under_address_sanitizer(tmp_path):
     assert source.count(tail_loop) == 1
     broken = tmp_path / "broken_kernel.c"
     broken.write_text(source.replace(tail_loop, "    for (; j <= L; j++) w[j] = v[j];\n}"))
-    caught = _run_under_asan(tmp_path, str(broken))
+    caught = _run_under_asan(tmp_path, runtime, str(broken))
     # the overrun writes past a tensor (heap) and reads past the block buffer (stack): whichever
     # OpenMP thread gets there first is reported
     assert caught.returncode != 0, caught.stdout[-2000:]
