@@ -6,6 +6,7 @@ import faulthandler
 import gc
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -59,6 +60,9 @@ def _worker(rank: int, world: int, out_dir: str, dtype=torch.float64, impl=None)
         dist.destroy_process_group()
 
 
+#: A hung collective fails the test instead of the whole CI run (the workers take seconds).
+WORKER_TIMEOUT_S = 300
+
 # float64 on the default path; float32 on the fused CPU kernel (both ranks build or share it)
 CASES = [pytest.param(torch.float64, {}, 1e-12, id="float64-default"),
          pytest.param(torch.float32, {"fused": True}, 2e-6, id="float32-fused-cpu")]
@@ -68,7 +72,13 @@ CASES = [pytest.param(torch.float64, {}, 1e-12, id="float64-default"),
 @pytest.mark.skipif(sys.platform == "win32", reason="spawned gloo workers are slow/flaky on Windows")
 @pytest.mark.parametrize("dtype, impl, rtol", CASES)
 def test_ddp_two_processes_equal_single_process(tmp_path, dtype, impl, rtol):
-    mp.spawn(_worker, args=(2, str(tmp_path), dtype, impl), nprocs=2, join=True)
+    workers = mp.spawn(_worker, args=(2, str(tmp_path), dtype, impl), nprocs=2, join=False)
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not workers.join(timeout=1.0):  # raises if a worker failed
+        if time.monotonic() > deadline:
+            for proc in workers.processes:
+                proc.kill()
+            pytest.fail(f"the DDP workers did not finish within {WORKER_TIMEOUT_S} s (a hang in gloo?)")
     r0 = torch.load(tmp_path / "rank0.pt")
     r1 = torch.load(tmp_path / "rank1.pt")
     single = _train(_model(dtype), _batches(dtype), **impl)
