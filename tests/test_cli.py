@@ -7,7 +7,8 @@ import typer
 from typer.testing import CliRunner
 
 from attnopt import __version__
-from attnopt.cli import app, parse_iters, parse_seeds
+from attnopt.cli import app
+from attnopt.cli._common import parse_iters, parse_seeds
 
 runner = CliRunner()
 

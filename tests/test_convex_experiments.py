@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from attnopt.convex.cli import app
+from attnopt.cli.convex import app
 from attnopt.config import ConfigError
 from attnopt.data.modular import division_equations, split_equations
 from attnopt.data.shared import data_root

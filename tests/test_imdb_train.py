@@ -167,7 +167,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
             "--batch-size", "20", "--max-epochs", "2", "--device", "cpu", "--no-progress",
             "--cache", str(tmp_path / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "attnopt.imdb_cli"]
+    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "attnopt.cli.imdb"]
     res = subprocess.run(cmd + args + ["--out", str(tmp_path / "ddp")], env=env, capture_output=True, text=True,
                          timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -183,7 +183,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
 
 
 def _app():
-    from attnopt.imdb_cli import app
+    from attnopt.cli.imdb import app
 
     return app
 

@@ -14,7 +14,7 @@ See ``shared/spec/convex_attention.md`` and the module docstrings:
 import importlib
 
 # Public names -> defining submodule.  Loaded on first access (PEP 562), so importing
-# ``attnopt.convex.cli`` for ``attnopt --help`` does not pull in torch and cvxpy.
+# ``attnopt.convex`` (e.g. by ``attnopt --help``) does not pull in torch and cvxpy.
 _EXPORTS = {
     "baselines": ["SimplexAttention", "SoftmaxAttention", "project_simplex", "train_baseline"],
     "fista": ["FistaResult", "group_soft_threshold", "solve_fista"],

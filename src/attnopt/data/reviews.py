@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from attnopt.data.shared import CHECKSUMS, DataError, shared_file
+from attnopt.paths import CACHE_ENV_VAR, cache_dir
 
 PAD_ID = 0
 UNK_ID = 100
@@ -56,22 +57,11 @@ DATASET_FILES = {
 }
 DATASETS = tuple(DATASET_FILES)
 SPLITS = ("train", "val", "test")
-CACHE_ENV_VAR = "ATTNOPT_CACHE"
 CACHE_FORMAT = 1
 
 #: SST-2: size of the fixed validation subset carved from GLUE train, and its seed.
 SST2_VAL_SIZE = 2000
 SST2_VAL_SEED = 20131018
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """The token-cache folder: ``path``, else ``$ATTNOPT_CACHE``, else ``~/.cache/attnopt``."""
-    if path is not None:
-        return Path(path).expanduser()
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "attnopt"
 
 
 def check_dataset(name: str) -> str:
@@ -298,7 +288,7 @@ def cache_key(dataset: str, max_len: int, subset: int | None, eval_subset: int |
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from attnopt.report.runs import atomic_write_bytes
+    from attnopt.files import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(buf, **arrays)

@@ -13,7 +13,10 @@ import hashlib
 import os
 from pathlib import Path
 
-ENV_VAR = "ATTNOPT_DATA"
+from attnopt.errors import UserError
+from attnopt.paths import DATA_ENV_VAR, data_root
+
+ENV_VAR = DATA_ENV_VAR
 
 #: sha256 of each file, from ``shared/data/README.md``.
 CHECKSUMS: dict[str, str] = {
@@ -26,29 +29,8 @@ CHECKSUMS: dict[str, str] = {
 _verified: dict[tuple[str, int, int], str] = {}
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """A shared data file is missing, unreadable, or fails its checksum."""
-
-
-def _repo_root() -> Path | None:
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "pyproject.toml").exists():
-            return parent
-    return None
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The shared data folder (see the module docstring for the search order)."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    repo = _repo_root()
-    if repo is not None and (repo.parent / "shared" / "data").is_dir():
-        return repo.parent / "shared" / "data"
-    return Path.cwd().parent / "shared" / "data"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

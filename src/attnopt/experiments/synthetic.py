@@ -757,13 +757,12 @@ def run_convergence(config: ConvergenceConfig | Mapping | None = None, *, out: s
     res = ConvergenceResult(cfg, seeds, data, runs, fits, {}, seconds, cache)
     res.summary = _convergence_summary(res)
     if out is not None:
-        from attnopt.report.runs import RunDir
+        from attnopt.report.runs import as_run_dir
 
-        rd = RunDir(out)
-        rd.write_config({"experiment": "e1-convergence", **cfg.to_dict()})
+        rd = as_run_dir(out, cfg, experiment="e1-convergence")
         _write_convergence_files(rd, res)
-        rd.write_json("summary.json", res.summary)
         rd.write_report(_convergence_report(res))
+        rd.write_summary(res.summary)
         res.out = rd.path
     return res
 
@@ -1009,15 +1008,14 @@ def run_matrix(config: MatrixConfig | Mapping | None = None, *, out: str | Path 
     res = MatrixResult(cfg, convergence, qs, div, svms, table, {}, seconds)
     res.summary = _matrix_summary(res)
     if out is not None:
-        from attnopt.report.runs import RunDir
+        from attnopt.report.runs import as_run_dir
 
-        rd = RunDir(out)
-        rd.write_config({"experiment": "e1-matrix", **cfg.to_dict()})
+        rd = as_run_dir(out, cfg, experiment="e1-matrix")
         _write_convergence_files(rd, convergence)
         _write_matrix_files(rd, res)
-        rd.write_json("summary.json", res.summary)
         conv_md = _convergence_report(convergence).replace("# E1 —", "## E1 —", 1)
         rd.write_report(_matrix_report(res) + "\n\n" + conv_md)
+        rd.write_summary(res.summary)
         res.out = convergence.out = rd.path
     return res
 
@@ -1150,10 +1148,9 @@ def run_path(config: PathConfig | Mapping | None = None, *, out: str | Path | No
                              for p, r in runs.items()}}
     if out is not None:
         from attnopt.report import figures as F
-        from attnopt.report.runs import RunDir
+        from attnopt.report.runs import as_run_dir
 
-        rd = RunDir(out)
-        rd.write_config({"experiment": "e1-path", **cfg.to_dict()})
+        rd = as_run_dir(out, cfg, experiment="e1-path")
         rows = []
         for p, r in runs.items():
             for j, k in enumerate(r.traj.iters):
@@ -1167,8 +1164,8 @@ def run_path(config: PathConfig | Mapping | None = None, *, out: str | Path | No
             {f"p = {p:g}": (r.traj.iters, r.traj.max_softmax.numpy()) for p, r in runs.items()},
             {f"p = {p:g}": (r.traj.iters, r.traj.loss.numpy()) for p, r in runs.items()},
             entries=cfg.entries, title=f"E1-path: seed {cfg.seed}, W(0) = {cfg.init}"))
-        rd.write_json("summary.json", res.summary)
         rd.write_report(_path_report(res))
+        rd.write_summary(res.summary)
         res.out = rd.path
     return res
 
@@ -1286,10 +1283,9 @@ def run_joint(config: JointConfig | Mapping | None = None, *, out: str | Path | 
             for p, r in runs.items()}}
     if out is not None:
         from attnopt.report import figures as F
-        from attnopt.report.runs import RunDir
+        from attnopt.report.runs import as_run_dir
 
-        rd = RunDir(out)
-        rd.write_config({"experiment": "e2-joint", **cfg.to_dict()})
+        rd = as_run_dir(out, cfg, experiment="e2-joint")
         rows = []
         for p, r in runs.items():
             for j, k in enumerate(r.traj.iters):
@@ -1305,8 +1301,8 @@ def run_joint(config: JointConfig | Mapping | None = None, *, out: str | Path | 
             {f"p = {p:g}": (r.v_path, r.v_ray) for p, r in runs.items()},
             {f"p = {p:g}": (r.traj.iters, r.traj.max_softmax.numpy()) for p, r in runs.items()},
             {f"p = {p:g}": (r.traj.iters, r.traj.logistic_prob.numpy()) for p, r in runs.items()}))
-        rd.write_json("summary.json", res.summary)
         rd.write_report(_joint_report(res))
+        rd.write_summary(res.summary)
         res.out = rd.path
     return res
 
@@ -1327,10 +1323,104 @@ def _joint_report(res: JointResult) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------
+# the demo: a reduced E1 (convergence + matrix + path) and E2
+
+#: Reduced iterations of the demo (a tenth to a fifth of the protocol's), per p.
+DEMO_ITERATIONS: dict[float, int] = {1.75: 300, 2.0: 400, 3.0: 3000}
+
+
+@dataclass(frozen=True)
+class DemoConfig(_Config):
+    """The demo: ``n_seeds`` seeds of E1 (matrix included) at ``iterations`` (None → the
+    reduced :data:`DEMO_ITERATIONS`; an int or a mapping p → int as for E1, whose keys are the
+    p's), the E1 path at the first and last p, and E2 at every p."""
+
+    n_seeds: int = 20
+    iterations: Any = None
+    solver: str = "auto"
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        object.__setattr__(self, "n_seeds", _int(cls, "n_seeds", self.n_seeds, 1))
+        it = dict(DEMO_ITERATIONS) if self.iterations is None else self.iterations
+        ps = tuple(it) if isinstance(it, Mapping) else tuple(DEMO_ITERATIONS)
+        object.__setattr__(self, "iterations", _iterations(cls, it, _ps(cls, "iterations keys", ps)))
+        _choice(cls, "solver", self.solver, SOLVERS)
+
+    def ps(self) -> tuple[float, ...]:
+        return tuple(self.iterations) if isinstance(self.iterations, dict) else tuple(DEMO_ITERATIONS)
+
+    def parts(self) -> tuple[MatrixConfig, PathConfig, JointConfig]:
+        ps = self.ps()
+        path_ps = tuple(dict.fromkeys((ps[0], ps[-1])))
+        return (MatrixConfig(ps=ps, iterations=self.iterations, n_seeds=self.n_seeds, solver=self.solver),
+                PathConfig(ps=path_ps, iterations=self.iterations, solver=self.solver),
+                JointConfig(ps=ps, iterations=self.iterations, solver=self.solver,
+                            expected_tokens={k: v for k, v in SPEC_JOINT_TOKENS.items() if k in ps}))
+
+
+@dataclass
+class DemoResult:
+    config: DemoConfig
+    matrix: MatrixResult
+    path: PathResult
+    joint: JointResult
+    summary: dict
+    out: Path | None = None
+
+
+def run_demo(config: DemoConfig | Mapping | None = None, *, out: str | Path | None = None,
+             progress: ProgressFn | None = None, **overrides: Any) -> DemoResult:
+    """The demo (see :class:`DemoConfig`); with ``out``, a run folder holding e1/, path/, e2/."""
+    cfg = _coerce(config, DemoConfig, overrides)
+    t0 = time.perf_counter()
+    mcfg, pcfg, jcfg = cfg.parts()
+    rd = None
+    if out is not None:
+        from attnopt.report.runs import as_run_dir, open_run_dir
+
+        rd = as_run_dir(out, cfg, experiment="demo")
+        sub = {name: open_run_dir(rd.path / name, c, experiment=exp)
+               for name, c, exp in (("e1", mcfg, "e1-matrix"), ("path", pcfg, "e1-path"), ("e2", jcfg, "e2-joint"))}
+    m = run_matrix(mcfg, out=rd and sub["e1"], progress=progress)
+    pr = run_path(pcfg, out=rd and sub["path"], progress=progress)
+    j = run_joint(jcfg, out=rd and sub["e2"], progress=progress)
+    wall = time.perf_counter() - t0
+    below = m.summary["matched_is_smallest"]
+    summary = {"experiment": "demo", "wall_seconds": wall, "matched_is_smallest": below,
+               "e2_tokens_match_spec": j.summary["all_match_spec"], "matrix": m.table,
+               "e2": {k: {"alpha": v["alpha"], "expected": v["expected"]} for k, v in j.summary["per_p"].items()}}
+    res = DemoResult(cfg, m, pr, j, summary)
+    if rd is not None:
+        rd.write_report(_demo_report(res, wall))
+        rd.write_summary(summary)
+        res.out = rd.path
+    return res
+
+
+def _demo_report(res: DemoResult, wall: float) -> str:
+    below = res.summary["matched_is_smallest"]
+    return "\n".join([
+        "# attnopt demo — reduced E1 and E2", "",
+        f"{res.config.n_seeds} seeds, iterations {res.config.iterations}; full protocol: `attnopt synthetic matrix` "
+        "(100 seeds, 1500/2000/20000).", "",
+        "## E1 matrix (final values)", "", matrix_markdown(res.matrix), "",
+        "Matched q = p smallest in its row: " + ", ".join(f"p={k}: {'yes' if v else 'NO'}" for k, v in below.items()),
+        "", "## E2 selected tokens", "",
+        "\n".join(f"- p = {k}: α = {tuple(v['alpha'])}, spec {tuple(v['expected']) if v['expected'] else '–'}"
+                  for k, v in res.joint.summary["per_p"].items()), "",
+        "Details: [`e1/report.md`](e1/report.md), [`path/report.md`](path/report.md), [`e2/report.md`](e2/report.md); "
+        "figures `e1/convergence.png`, `e1/matrix.png`, `e1/rate.png`, `path/path.png`, `e2/joint.png`.", "",
+        f"Wall time {wall:.1f} s.",
+    ])
+
+
 __all__ = [
     "PROTOCOL_ITERATIONS", "SPEC_JOINT_TOKENS", "SPEC_MATRIX_P3", "ConfigError", "default_iterations",
     "ConvergenceConfig", "MatrixConfig", "PathConfig", "JointConfig",
     "SVMOutcome", "SVMCache", "RateFit", "fit_rate",
     "PRun", "ConvergenceResult", "MatrixResult", "PathRun", "PathResult", "JointRun", "JointResult",
     "run_convergence", "run_matrix", "run_path", "run_joint", "matrix_markdown",
+    "DEMO_ITERATIONS", "DemoConfig", "DemoResult", "run_demo",
 ]

@@ -64,7 +64,7 @@ def _compiler() -> list[str]:
 
 
 def _cache_dir() -> Path:
-    from attnopt.data.reviews import cache_dir  # the token cache's folder ($ATTNOPT_CACHE)
+    from attnopt.paths import cache_dir  # $ATTNOPT_CACHE, beside the token cache
 
     return cache_dir() / "kernels"
 

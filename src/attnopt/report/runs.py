@@ -1,84 +1,37 @@
-"""Run folders: every experiment writes its config, metrics, histories, figures and report here.
+"""Run folders: one run per folder, marked complete only at the end.
 
 A run folder holds::
 
     config.json     the validated configuration (plus package version, time, host)
-    summary.json    the headline metrics
+    summary.json    the headline metrics; its key "complete" is true once the run has finished
     *.csv           histories (one row per logged step)
     *.png / *.html  figures
     report.md       a short human-readable report
 
-Writes are atomic (temporary file in the same folder, then ``os.replace``) so an interrupted
-run never leaves a truncated file behind.
+:func:`open_run_dir` decides whether a folder may take a run: an empty or new folder always;
+one holding a run of the same configuration when that run can be resumed (else it is emptied
+and redone, which gives the same files); anything else only with ``overwrite=True``, which
+empties it first — and never a non-empty folder that holds no attnopt run.  Every write is
+atomic (see :mod:`attnopt.files`) and files get the user's umask.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import datetime as _dt
 import io
 import json
-import math
 import os
 import platform
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
+from attnopt.errors import RunFolderError
+from attnopt.files import atomic_torch_save, atomic_write_bytes, jsonable, to_json
 
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (tmp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` made atomic: a crash mid-write keeps the previous checkpoint."""
-    import torch
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch tensors
-        return _jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    return obj
-
-
-def to_json(obj: Any) -> str:
-    """JSON text for dataclasses, numpy/torch values and paths (NaN -> null)."""
-    return json.dumps(_jsonable(obj), indent=2, sort_keys=False)
+__all__ = ["RunDir", "open_run_dir", "as_run_dir", "make_run_dir", "default_run_path", "is_complete", "read_summary",
+           "atomic_write_bytes", "atomic_torch_save", "to_json", "jsonable"]
 
 
 class RunDir:
@@ -86,10 +39,16 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        _mkdir(self.path)
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
 
     def write_text(self, name: str, text: str) -> Path:
         return atomic_write_bytes(self.path / name, text.encode("utf-8"))
@@ -97,14 +56,20 @@ class RunDir:
     def write_json(self, name: str, obj: Any) -> Path:
         return self.write_text(name, to_json(obj) + "\n")
 
-    def write_config(self, config: Any) -> Path:
+    def write_config(self, config: Any, experiment: str | None = None) -> Path:
+        """config.json: ``{"config": {"experiment": …, <the configuration>}, "meta": …}`` (the
+        experiment's name and configuration, and the package version, time and host)."""
         meta = {
             "attnopt_version": _version(),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(),
             "platform": platform.platform(),
         }
-        return self.write_json("config.json", {"config": config, "meta": meta})
+        return self.write_json("config.json", {"config": _recorded(config, experiment), "meta": meta})
+
+    def write_summary(self, summary: Mapping[str, Any], complete: bool = True) -> Path:
+        """summary.json; ``complete=True`` marks the run finished (write it last)."""
+        return self.write_json("summary.json", {**dict(summary), "complete": bool(complete)})
 
     def write_csv(self, name: str, columns: Mapping[str, Sequence[Any]] | None = None,
                   rows: Iterable[Mapping[str, Any]] | None = None) -> Path:
@@ -118,14 +83,14 @@ class RunDir:
             writer = csv.writer(buf)
             writer.writerow(keys)
             for r in zip(*(columns[k] for k in keys)):
-                writer.writerow([_jsonable(v) for v in r])
+                writer.writerow([jsonable(v) for v in r])
         else:
             rows = list(rows or [])
             keys = list(dict.fromkeys(k for r in rows for k in r))
             writer = csv.DictWriter(buf, fieldnames=keys)
             writer.writeheader()
             for r in rows:
-                writer.writerow({k: _jsonable(v) for k, v in r.items()})
+                writer.writerow({k: jsonable(v) for k, v in r.items()})
         return self.write_text(name, buf.getvalue())
 
     def save_figure(self, name: str, fig, dpi: int = 120) -> Path:
@@ -140,13 +105,113 @@ class RunDir:
     def write_report(self, markdown: str) -> Path:
         return self.write_text("report.md", markdown.rstrip() + "\n")
 
+    def subdir(self, name: str) -> "RunDir":
+        """A folder inside this run (for one part of a composite run, such as the demo's e1/)."""
+        return RunDir(self.path / name)
+
+
+def _mkdir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"run folder {path} is a file, not a folder; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunFolderError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunFolderError(f"run folder {path} is not writable; choose another --out")
+
+
+def read_summary(path: str | os.PathLike) -> dict | None:
+    """The run's summary.json, or None when it has none (or an unreadable one)."""
+    try:
+        return json.loads((Path(path) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether the folder holds a finished run (summary.json with ``"complete": true``)."""
+    s = read_summary(path)
+    return isinstance(s, dict) and s.get("complete") is True
+
+
+def _stored_config(path: Path) -> Any:
+    try:
+        return json.loads((path / "config.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _recorded(config: Any, experiment: str | None) -> Any:
+    """What config.json records as "config": the configuration, led by the experiment's name."""
+    if experiment is None:
+        return config
+    body = jsonable(config)
+    return {"experiment": experiment, **body} if isinstance(body, dict) else {"experiment": experiment, "value": body}
+
+
+def _empty(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def open_run_dir(path: str | os.PathLike, config: Any, *, experiment: str | None = None,
+                 overwrite: bool = False, resumable: bool = False) -> RunDir:
+    """The run folder ``path`` for a run of ``config``, following the module's rules, with
+    config.json written (the run is incomplete until :meth:`RunDir.write_summary`).
+
+    ``resumable``: the experiment can continue from what the folder holds (a checkpoint); a
+    folder holding the same configuration is then kept as it is.  Raises
+    :class:`~attnopt.errors.RunFolderError` when the folder may not be used.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"run folder {path} is a file, not a folder; choose another --out")
+    busy = path.is_dir() and any(path.iterdir())
+    if busy:
+        stored = _stored_config(path)
+        is_run = (path / "config.json").is_file()
+        same = is_run and stored == json.loads(to_json(_recorded(config, experiment)))
+        if overwrite:
+            if not is_run:
+                raise RunFolderError(f"{path} is not empty and holds no attnopt run; refusing to empty it "
+                                     "(choose another --out)")
+            _empty(path)
+        elif same and not resumable:
+            _empty(path)  # the same run again: redo it from scratch, same files
+        elif not same:
+            what = ("a finished run" if is_complete(path) else "an unfinished run") if is_run else "other files"
+            why = " of another configuration" if is_run else ""
+            raise RunFolderError(f"{path} already holds {what}{why}; pass --overwrite to replace it, "
+                                 "or choose another --out")
+    rd = RunDir(path)
+    if not (busy and same and resumable and not overwrite):
+        rd.write_config(config, experiment)
+    return rd
+
+
+def as_run_dir(out: "str | os.PathLike | RunDir | None", config: Any, *, experiment: str | None = None,
+               resumable: bool = False) -> RunDir | None:
+    """What an experiment's ``out=`` becomes: None stays None (write nothing); a
+    :class:`RunDir` (opened by the caller, e.g. the CLI with ``--overwrite``) is used as it is;
+    a path is opened with :func:`open_run_dir`."""
+    if out is None or isinstance(out, RunDir):
+        return out
+    return open_run_dir(out, config, experiment=experiment, resumable=resumable)
+
+
+def default_run_path(name: str) -> Path:
+    """``runs/<name>-<UTC timestamp>`` (relative to the working directory)."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{name}-{stamp}"
+
 
 def make_run_dir(out: str | os.PathLike | None, name: str) -> RunDir:
-    """``out`` if given, else ``runs/<name>-<UTC timestamp>``."""
-    if out is None:
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        out = Path("runs") / f"{name}-{stamp}"
-    return RunDir(out)
+    """``out`` if given, else ``runs/<name>-<UTC timestamp>`` (no reuse check: see :func:`open_run_dir`)."""
+    return RunDir(default_run_path(name) if out is None else out)
 
 
 def _version() -> str:

@@ -16,35 +16,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="IMDB / SST-2 sentiment experiments: mirror descent vs baselines (E3–E6).",
-                  no_args_is_help=True, add_completion=False)
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+from attnopt.cli._common import CacheOpt, DataOpt, fail, guard, new_app
 
-DataOpt = Annotated[Optional[Path], typer.Option(
-    "--data", help="shared data folder (default: $ATTNOPT_DATA or ../shared/data)")]
-CacheOpt = Annotated[Optional[Path], typer.Option(
-    "--cache", help="token cache folder (default: $ATTNOPT_CACHE or ~/.cache/attnopt)")]
+app = new_app("IMDB / SST-2 sentiment experiments: mirror descent vs baselines (E3–E6).")
+console = Console()
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/bold red] {msg}", highlight=False)
-    raise typer.Exit(code)
+    raise fail(msg, code)
 
 
 def _guard(fn, *args, **kw):
-    """Run ``fn`` turning expected failures into one clear message and a non-zero exit."""
-    from attnopt.data.shared import DataError
+    """Run ``fn`` under the common error policy (user errors: one line, exit 2; Ctrl-C: 130)."""
     from attnopt.experiments.imdb import NonFiniteLoss
 
-    try:
-        return fn(*args, **kw)
-    except NonFiniteLoss as exc:
-        _fail(str(exc), 3)
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail("interrupted; run the same command again to resume from the last epoch's checkpoint", 130)
+    with guard(kw.get("out") if isinstance(kw.get("out"), Path) else None, resumable=True):
+        try:
+            return fn(*args, **kw)
+        except NonFiniteLoss as exc:
+            raise fail(str(exc), 3) from None
+        except (ValueError, FileNotFoundError) as exc:  # TODO(#14): raise UserError subclasses at the source
+            raise fail(str(exc)) from None
 
 
 def _floats(text: str, what: str) -> list[float]:

@@ -1,0 +1,275 @@
+"""``attnopt synthetic …`` (E1 convergence, matrix, path; E2 joint) and ``attnopt demo``."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from attnopt.cli._common import (OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app, open_out,
+                                 parse_iters, parse_seeds, progress_bars)
+from attnopt.report.tables import fmt
+
+app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path) and E2 (joint W, v).")
+
+# --------------------------------------------------------------------------------------
+# options shared by the synthetic commands
+
+POpt = Annotated[Optional[List[float]], typer.Option("--p", help="Exponent p (repeatable). Default: the protocol's.")]
+ItersOpt = Annotated[Optional[str], typer.Option(
+    "--iters", help="Iterations: N for every p, or per p as 1.75=1500,2=2000. "
+    "Default: protocol (1.75→1500, 2→2000, 3→20000; other p by a documented rule).")]
+SeedsOpt = Annotated[Optional[str], typer.Option("--seeds", help="Seeds, e.g. 1..100 or 1,2,5 (overrides --n-seeds).")]
+NSeedsOpt = Annotated[int, typer.Option("--n-seeds", help="Number of seeds, starting at --seed-start.")]
+SeedStartOpt = Annotated[int, typer.Option("--seed-start", "--seed", help="First seed when --seeds is not given.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Step size η.")]
+NOpt = Annotated[int, typer.Option("--n", help="Samples per instance.")]
+TOpt = Annotated[int, typer.Option("--T", help="Tokens per sample.")]
+DOpt = Annotated[int, typer.Option("--d", help="Token dimension.")]
+InitOpt = Annotated[str, typer.Option(
+    "--init", help="W(0): 'normal' (N(0, init_std²), published aggregate runs) or 'zeros'.")]
+InitStdOpt = Annotated[float, typer.Option("--init-std", help="Std of W(0) entries for --init normal.")]
+QueryOpt = Annotated[str, typer.Option("--query", help="z_i: 'random' (own vector, published) or 'first' (x_{i1}).")]
+SolverOpt = Annotated[str, typer.Option("--solver", help="SVM solver: auto, fast or cvxpy.")]
+TolOpt = Annotated[float, typer.Option("--tol", help="SVM relative duality-gap tolerance.")]
+NLogOpt = Annotated[int, typer.Option("--n-log", help="Size of the log-spaced grid of stored iterates.")]
+EpsOpt = Annotated[float, typer.Option("--eps", help="ε of the normalised step ‖g‖_q + ε (published: float64 eps).")]
+
+_EPS = 2.220446049250313e-16
+
+
+def _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log,
+               eps) -> dict:
+    kw = dict(iterations=parse_iters(iters), n_seeds=n_seeds, seed_start=seed_start, lr=lr, n=n, T=T, d=d,
+              init=init, init_std=init_std, query=query, solver=solver, tol=tol, n_log=n_log, eps=eps)
+    if p:
+        kw["ps"] = tuple(p)
+    if seeds:
+        kw["seeds"] = parse_seeds(seeds)
+    return kw
+
+
+def _config(cls, values: dict):
+    with guard():
+        return cls.from_dict(values)
+
+
+# --------------------------------------------------------------------------------------
+# summary tables
+
+
+def _convergence_table(res, title: str = "E1 convergence"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("p", "iters", "D final (mean ± std)", "seeds used", "SVM not ok", "global/local/neither",
+                "rate fit (best, R²)"):
+        t.add_column(col, justify="right")
+    for key, s in res.summary["per_p"].items():
+        c, v, f = s["svm"], s["verdicts"], s["rate_fit"]
+        best = f["best"]
+        r2 = f.get(f"{best}_r2", float("nan")) if best != "none" else float("nan")
+        t.add_row(key, str(s["iterations"]), fmt(s["divergence_final_mean"], s["divergence_final_std"]),
+                  f"{s['seeds_used']}/{s['seeds']}", str(c["unconverged"] + c["infeasible"] + c["error"]),
+                  f"{v['global']}/{v['local']}/{v['neither']}", f"{best} ({fmt(r2)})")
+    return t
+
+
+def _matrix_table(res):
+    from rich.table import Table
+
+    t = Table(title="E1 matrix: final D_ψp(W_q^mm, W_p(k)) (mean ± std)")
+    t.add_column("p trained \\ q SVM")
+    for q in res.qs:
+        t.add_column(f"q = {q:g}", justify="right")
+    for p in res.convergence.runs:
+        cells = []
+        for q in res.qs:
+            c = fmt(*res.final(p, q))
+            cells.append(f"[bold green]{c}[/]" if math.isclose(p, q) else c)
+        t.add_row(f"p = {p:g}", *cells)
+    return t
+
+
+def _joint_table(res):
+    from rich.table import Table
+
+    t = Table(title="E2 joint: selected tokens")
+    for col in ("p", "iters", "tokens α", "spec", "match", "D(W)", "D(v)", "softmax≥.99 at k", "verdict"):
+        t.add_column(col, justify="right")
+    for key, s in res.summary["per_p"].items():
+        m = s["matches_spec"]
+        t.add_row(key, str(s["iterations"]), str(tuple(s["alpha"])), str(tuple(s["expected"])) if s["expected"] else "–",
+                  "[green]yes[/]" if m else ("[red]NO[/]" if m is False else "–"), fmt(s["divergence_W_final"]),
+                  fmt(s["divergence_v_final"]), str(s["first_iteration_max_softmax_ge_0.99"]), s["verdict"])
+    return t
+
+
+def _path_table(res):
+    from rich.table import Table
+
+    t = Table(title=f"E1 path (seed {res.config.seed})")
+    for col in ("p", "iters", "α", "SVM", "D final", "verdict", "max-softmax"):
+        t.add_column(col, justify="right")
+    for key, s in res.summary["per_p"].items():
+        t.add_row(key, str(s["iterations"]), str(tuple(s["alpha"])), s["svm_status"], fmt(s["divergence_final"]),
+                  s["verdict"], f"{s['max_softmax_final']:.4f}")
+    return t
+
+
+# --------------------------------------------------------------------------------------
+# commands
+
+
+@app.command("convergence")
+def convergence(
+    p: POpt = None, iters: ItersOpt = None, seeds: SeedsOpt = None, n_seeds: NSeedsOpt = 100,
+    seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
+    init: InitOpt = "normal", init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto",
+    tol: TolOpt = 1e-6, n_log: NLogOpt = 200, eps: EpsOpt = _EPS,
+    fit_from: Annotated[Optional[int], typer.Option("--fit-from", help="First iteration of the rate fit.")] = None,
+    out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """E1: directional convergence of normalised ℓp-AttGD to the ℓp-AttSVM (all seeds batched)."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic import ConvergenceConfig, run_convergence
+
+    cfg = _config(ConvergenceConfig, dict(fit_from=fit_from, **_e1_values(
+        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps)))
+    rd = open_out(out, "e1-convergence", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_convergence(cfg, out=rd, progress=cb)
+    con = console()
+    con.print(_convergence_table(res))
+    s = res.seconds
+    con.print(f"training {s['train']:.1f} s, SVM + verdicts {s['svm']:.1f} s ({res.cache.solves} solves)")
+    finish(con, rd.path, t0, "E1 convergence")
+
+
+@app.command("matrix")
+def matrix(
+    p: POpt = None,
+    q: Annotated[Optional[List[float]], typer.Option("--q", help="SVM exponent q (repeatable). Default: the p's.")] = None,
+    iters: ItersOpt = None, seeds: SeedsOpt = None, n_seeds: NSeedsOpt = 100, seed_start: SeedStartOpt = 1,
+    lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10, init: InitOpt = "normal", init_std: InitStdOpt = 1.0,
+    query: QueryOpt = "random", solver: SolverOpt = "auto", tol: TolOpt = 1e-6, n_log: NLogOpt = 200,
+    eps: EpsOpt = _EPS,
+    alpha_from: Annotated[str, typer.Option("--alpha-from", help="Tokens of the q-SVM: 'p' (the p-run's, same α) "
+                                            "or 'q' (the q-run's, as published).")] = "p",
+    out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """E1-matrix: every (p trained, q SVM) with the same α and W(0); includes the convergence run."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic import MatrixConfig, run_matrix
+
+    kw = _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps)
+    kw["alpha_from"] = alpha_from
+    if q:
+        kw["qs"] = tuple(q)
+    cfg = _config(MatrixConfig, kw)
+    rd = open_out(out, "e1-matrix", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_matrix(cfg, out=rd, progress=cb)
+    con = console()
+    con.print(_convergence_table(res.convergence))
+    con.print(_matrix_table(res))
+    cs = res.convergence.seconds
+    con.print(f"training {cs['train']:.1f} s, matched SVM + verdicts {cs['svm']:.1f} s, "
+              f"extra matrix SVMs {res.seconds['extra_svm']:.1f} s ({res.seconds['extra_svm_solves']} solves)")
+    finish(con, rd.path, t0, "E1 matrix")
+
+
+def parse_entry(text: str) -> tuple[int, int]:
+    try:
+        a, b = str(text).replace(" ", "").split(",")
+        return int(a), int(b)
+    except ValueError:
+        raise typer.BadParameter(f"cannot read entry {text!r} (use row,col e.g. 1,2)", param_hint="--entry") from None
+
+
+@app.command("path")
+def path(
+    p: Annotated[Optional[List[float]], typer.Option("--p", help="Exponent p (repeatable). Default: 1.75 and 3.")] = None,
+    iters: ItersOpt = None, seed: Annotated[int, typer.Option("--seed", help="The data seed.")] = 1,
+    entry: Annotated[Optional[List[str]], typer.Option(
+        "--entry", help="Entry row,col of W (give twice). Default 1,2 and 3,4.")] = None,
+    lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
+    init: Annotated[str, typer.Option("--init", help="W(0): 'zeros' (published path run) or 'normal'.")] = "zeros",
+    init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto", tol: TolOpt = 1e-6,
+    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS,
+    out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """E1-path: two entries of W(k) against the rescaled ℓp-AttSVM ray (one seed)."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic import PathConfig, run_path
+
+    kw = dict(seed=seed, iterations=parse_iters(iters), lr=lr, n=n, T=T, d=d, init=init, init_std=init_std,
+              query=query, solver=solver, tol=tol, n_log=n_log, eps=eps)
+    if p:
+        kw["ps"] = tuple(p)
+    if entry:
+        if len(entry) != 2:
+            raise typer.BadParameter("give --entry exactly twice (two entries of W)", param_hint="--entry")
+        kw["entries"] = tuple(parse_entry(e) for e in entry)
+    cfg = _config(PathConfig, kw)
+    rd = open_out(out, "e1-path", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_path(cfg, out=rd, progress=cb)
+    con = console()
+    con.print(_path_table(res))
+    finish(con, rd.path, t0, "E1 path")
+
+
+@app.command("joint")
+def joint(
+    p: POpt = None, iters: ItersOpt = None, lr: LrOpt = 0.1, solver: SolverOpt = "auto", tol: TolOpt = 1e-6,
+    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS,
+    out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """E2: joint ℓp-JointGD on the spec's two-sample instance (W → ℓp-AttSVM, v → ℓp-SVM)."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic import JointConfig, run_joint
+
+    kw = dict(iterations=parse_iters(iters), lr=lr, solver=solver, tol=tol, n_log=n_log, eps=eps)
+    if p:
+        kw["ps"] = tuple(p)
+    cfg = _config(JointConfig, kw)
+    rd = open_out(out, "e2-joint", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_joint(cfg, out=rd, progress=cb)
+    con = console()
+    con.print(_joint_table(res))
+    if not res.summary["all_match_spec"]:
+        con.print("[bold red]the selected tokens differ from the spec's[/]")
+    finish(con, rd.path, t0, "E2 joint")
+
+
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/demo"),
+    n_seeds: Annotated[int, typer.Option("--n-seeds", help="Seeds of the reduced E1.")] = 20,
+    iters: Annotated[Optional[str], typer.Option(
+        "--iters", help="Iterations (default 1.75=300,2=400,3=3000).")] = None,
+    solver: SolverOpt = "auto", overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """A reduced E1 (convergence + matrix + path) and E2: about 15 s on 2 CPU cores."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic import DemoConfig, run_demo
+
+    cfg = _config(DemoConfig, dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver))
+    rd = open_out(out, "demo", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_demo(cfg, out=rd, progress=cb)
+    con = console()
+    con.print(_convergence_table(res.matrix.convergence, title=f"E1 convergence (reduced: {cfg.n_seeds} seeds)"))
+    con.print(_matrix_table(res.matrix))
+    con.print(_path_table(res.path))
+    con.print(_joint_table(res.joint))
+    below, tokens = res.summary["matched_is_smallest"], res.summary["e2_tokens_match_spec"]
+    ok = all(below.values()) and tokens
+    con.print(("[bold green]" if ok else "[bold red]") + "matched q = p divergence smallest in every row: "
+              + ("yes" if all(below.values()) else "NO") + "; E2 tokens as in the spec: "
+              + ("yes" if tokens else "NO") + "[/]")
+    finish(con, rd.path, t0, "demo")

@@ -1,0 +1,32 @@
+"""Number formatting and Markdown tables, one formatter for every report and console table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Sequence
+
+
+def fmt(m: float | None, s: float | None = None, digits: int = 3) -> str:
+    """``m`` (and ``± s``) with ``digits`` decimals, or significant digits below 0.01;
+    "n/a" for a missing or non-finite mean."""
+    if m is None or not math.isfinite(m):
+        return "n/a"
+    f = f"{m:.{digits}g}" if abs(m) < 1e-2 and m != 0 else f"{m:.{digits}f}"
+    if s is None or not math.isfinite(s):
+        return f
+    g = f"{s:.{digits}g}" if abs(s) < 1e-2 and s != 0 else f"{s:.{digits}f}"
+    return f"{f} ± {g}"
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage with ``digits`` decimals ("–" when missing)."""
+    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "–"
+    return f"{100 * x:.{digits}f}"
+
+
+def markdown_table(header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
