@@ -12,4 +12,27 @@ from attnopt.optim.mirror_descent import (
     mirror_descent,
 )
 
-__all__ = ["MirrorDescent", "mirror_descent", "NonFiniteGradientError", "NONFINITE_MODES"]
+
+
+def fused_available(device="cpu") -> bool:
+    """Whether ``MirrorDescent(fused=True)`` can run on ``device``: on CUDA when Triton is
+    installed, on CPU when the C kernel builds (or is cached) with the system C compiler."""
+    import importlib.util
+
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
+    if device.type == "cpu":
+        from attnopt.optim import _cpu
+
+        try:
+            _cpu.load()
+        except RuntimeError:
+            return False
+        return True
+    return False
+
+
+__all__ = ["MirrorDescent", "mirror_descent", "NonFiniteGradientError", "NONFINITE_MODES", "fused_available"]
