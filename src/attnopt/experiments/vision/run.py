@@ -164,6 +164,8 @@ def run_compare(paths: Sequence["str | os.PathLike"], *, out: "str | os.PathLike
     for p in map(Path, paths):
         s, members = _read_vision_run(p)
         label = f"{s['optimizer']} (lr {s['lr']:g})"
+        if label in groups:  # two runs of one optimiser: tell them apart by folder
+            label = f"{label} [{p.name}]"
         groups[label] = [m["weights"] for m in members]
         w = s["weights"]
         pr = s["pruning"]
