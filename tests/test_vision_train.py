@@ -113,6 +113,7 @@ def test_compare_table_and_figure(tmp_path):
     assert [r["optimizer"] for r in res.rows] == ["ℓ1.1-MD (lr 0.05)", "Adam (lr 0.0001)"]
     assert all(r["n"] == 2 for r in res.rows)
     assert (tmp_path / "cmp" / "vision_hist.png").stat().st_size > 1000
+    assert (tmp_path / "cmp" / "vision_curves.png").stat().st_size > 1000
     assert "± " in (tmp_path / "cmp" / "compare.md").read_text()
     with pytest.raises(UserError, match="not a finished"):
         run_compare([tmp_path / "cmp"])

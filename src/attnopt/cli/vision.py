@@ -113,16 +113,17 @@ def train(
 @app.command("compare")
 def compare(
     runs: Annotated[List[Path], typer.Argument(help="Finished 'vision train' run folders.")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for compare.md, compare.json and "
-                                                "vision_hist.png (default: print only).")] = None,
-    progress: ProgressOpt = True,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder for compare.md, compare.json, "
+                                                "vision_hist.png and vision_curves.png (default: print only).")] = None,
+    overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
-    """The E6 table (mean ± std over seeds, n) of finished runs; with --out, the |w| histograms too."""
+    """The E6 table (mean ± std over seeds, n) of finished runs; with --out, the figures too."""
     t0 = time.perf_counter()
     from attnopt.experiments.vision import run_compare
 
-    with guard(out), progress_bars(progress) as cb:
-        res = run_compare(runs, out=out, progress=cb)
+    rd = open_out(out, "vision-compare", {"runs": [str(p) for p in runs]}, overwrite=overwrite) if out else None
+    with guard(), progress_bars(progress) as cb:
+        res = run_compare(runs, out=rd, progress=cb)
     con = console()
     con.print(res.table, markup=False)
     finish(con, res.out, t0, "E6 comparison")

@@ -9,11 +9,13 @@ weights.json, summary.json, report.md) and, at its top, the summary over seeds
 
 from __future__ import annotations
 
-import json
+import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from attnopt.data.vision import load_images
 from attnopt.errors import UserError
@@ -21,11 +23,13 @@ from attnopt.experiments.vision.analysis import MATRIX_TYPES, histogram_figure, 
 from attnopt.experiments.vision.config import VisionConfig, steps_per_epoch
 from attnopt.experiments.vision.train import (DeviceImages, Member, evaluate, resolve_device, summarize_history,
                                               train_members)
+from attnopt.report.figures import epoch_curves_figure
 from attnopt.report.runs import RunDir, as_run_dir, is_complete, open_run_dir, read_summary
 from attnopt.report.tables import fmt, markdown_table, pct
 from attnopt.runtime import ProgressFn, experiment_scope, report
 
 EXPERIMENT = "vision-train"
+COMPARE = "vision-compare"
 ACCURACIES = ("honest_test_acc", "best_test_acc", "last_test_acc")
 
 
@@ -144,6 +148,17 @@ def run_vision(config: VisionConfig | Mapping | None = None, *, out: "str | os.P
 # --------------------------------------------------------------------------- comparison
 
 
+def _mean_history(path: Path, members: Sequence[str]) -> dict[str, np.ndarray]:
+    """The members' history.csv columns averaged over members (epochs common to all)."""
+    cols: list[dict[str, np.ndarray]] = []
+    for m in members:
+        with open(path / m / "history.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        cols.append({k: np.array([float(r[k]) for r in rows]) for k in rows[0]} if rows else {})
+    n = min((len(c.get("epoch", ())) for c in cols), default=0)
+    return {k: np.mean([c[k][:n] for c in cols], axis=0) for k in cols[0]} if n else {}
+
+
 def _read_vision_run(path: Path) -> tuple[dict, list[dict]]:
     s = read_summary(path)
     if not (isinstance(s, dict) and s.get("experiment") == EXPERIMENT and s.get("complete") is True):
@@ -157,16 +172,18 @@ def _read_vision_run(path: Path) -> tuple[dict, list[dict]]:
 def run_compare(paths: Sequence["str | os.PathLike"], *, out: "str | os.PathLike | RunDir | None" = None,
                 progress: ProgressFn | None = None) -> CompareResult:
     """The E6 table (mean ± sample std over seeds, n) of finished ``vision train`` runs and,
-    with ``out``, compare.md and vision_hist.png (|w| histograms of Q, K, V) written there."""
+    with ``out``, compare.md, compare.json, vision_hist.png (|w| histograms of Q, K, V) and
+    vision_curves.png (train loss / accuracy and test accuracy by epoch, mean over seeds) there."""
     if not paths:
         raise UserError("give at least one 'vision train' run folder to compare")
-    rows, groups = [], {}
+    rows, groups, curves = [], {}, {}
     for p in map(Path, paths):
         s, members = _read_vision_run(p)
         label = f"{s['optimizer']} (lr {s['lr']:g})"
         if label in groups:  # two runs of one optimiser: tell them apart by folder
             label = f"{label} [{p.name}]"
         groups[label] = [m["weights"] for m in members]
+        curves[f"{label}, mean of {len(members)}"] = _mean_history(p, s["members"])
         w = s["weights"]
         pr = s["pruning"]
         rows.append([label, s["dataset"], s["epochs"], s["honest_test_acc"][2],
@@ -181,12 +198,16 @@ def run_compare(paths: Sequence["str | os.PathLike"], *, out: "str | os.PathLike
               "last test acc %", *(f"{t}: frac \\|w\\|<{first['near_zero']:g}" for t in "QKV"),
               *(f"{t}: #\\|w\\|>{first['threshold']:g}" for t in "QKV"), "max \\|w\\| (Q,K,V)", "test acc % after pruning"]
     table = markdown_table(header, rows) + "\n\nmean ± sample std over seeds (n seeds)."
-    rd = None
-    if out is not None:
-        rd = out if isinstance(out, RunDir) else RunDir(out)
+    rd = as_run_dir(out, {"runs": [str(p) for p in paths]}, experiment=COMPARE)
+    if rd is not None:
         rd.write_text("compare.md", table + "\n")
         rd.save_figure("vision_hist.png", histogram_figure(groups))
+        rd.save_figure("vision_curves.png", epoch_curves_figure(
+            {k: v for k, v in curves.items() if v}, panels=(("train_loss", "train loss (mean cross-entropy)"),
+                                                            ("train_acc", "train accuracy (dropout on)"),
+                                                            ("test_acc", "test accuracy"))))
         rd.write_json("compare.json", {"runs": [str(p) for p in paths], "header": header, "rows": rows})
+        rd.write_summary({"experiment": COMPARE, "runs": [str(p) for p in paths], "rows": len(rows)})
     return CompareResult([dict(zip(header, r)) for r in rows], table, rd.path if rd else None,
                          [Path(p) for p in paths])
 
