@@ -76,7 +76,8 @@ def test_run_folders_and_rerun(tmp_path):
         assert (member / "history.csv").read_text().count("\n") == 3 and (member / "report.md").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["honest_test_acc"][2] == 2 and summary["members"] == ["seed-4", "seed-5"]
-    assert list(summary) [-1] == "complete"
+    assert list(summary)[-1] == "complete"
+    assert summary["weights_init"]["Q"]["entries"] == summary["weights"]["Q"]["entries"] == 64
     again = run_vision(dict(TINY, optimizer="adam", seeds=(4, 5)), out=out)  # finished: read back, not retrained
     assert again.summary["honest_test_acc"] == pytest.approx(summary["honest_test_acc"])
 

@@ -81,7 +81,7 @@ def train(
                                    "model (same results as one by one).")] = True,
     device: Annotated[str, _opt("--device", "auto, cpu, cuda or cuda:N.")] = "auto",
     threads: Annotated[Optional[int], _opt("--threads", "CPU threads for torch (default: torch's).")] = None,
-    eval_batch_size: Annotated[int, _opt("--eval-batch-size", "Batch size of evaluation.")] = 1000,
+    eval_batch_size: Annotated[int, _opt("--eval-batch-size", "Batch size of evaluation.")] = 500,
     threshold: Annotated[float, _opt("--threshold", "|w| threshold of the weight counts (paper: 0.06).")] = 0.06,
     near_zero: Annotated[float, _opt("--near-zero", "|w| below this counts as near zero.")] = 1e-3,
     prune_levels: Annotated[str, _opt("--prune-levels", "Pruned fractions, comma-separated.")] =

@@ -86,9 +86,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan"), int(arr.size)
 
 
-def histogram_figure(groups: dict[str, list[dict]], types: Sequence[str] = ("Q", "K", "V")):
+def histogram_figure(groups: dict[str, list[dict]], reference: dict[str, list[dict]] | None = None,
+                     types: Sequence[str] = ("Q", "K", "V")):
     """One panel per matrix type: the distribution of |w| (fraction of entries per log bin,
-    mean over members) for each run label in ``groups`` (label → member weight stats)."""
+    mean over members) for each run label in ``groups`` (label → member weight stats), and
+    dashed, the ``reference`` ones (e.g. the initial weights)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,9 +100,9 @@ def histogram_figure(groups: dict[str, list[dict]], types: Sequence[str] = ("Q",
     axes = np.atleast_1d(axes)
     centers = np.sqrt(HIST_EDGES[1:-1] * HIST_EDGES[2:])
     for ax, t in zip(axes, types):
-        for label, stats in groups.items():
+        for (label, stats), ls in [(g, "-") for g in groups.items()] + [(g, "--") for g in (reference or {}).items()]:
             h = np.mean([np.asarray(s[t]["hist"], float) / s[t]["entries"] for s in stats], axis=0)
-            ax.step(centers, h[1:], where="mid", label=f"{label} (n={len(stats)})")
+            ax.step(centers, h[1:], where="mid", ls=ls, label=f"{label} (n={len(stats)})")
         ax.axvline(stats[0][t]["threshold"], color="grey", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel(f"|w| of {t} (all blocks)")

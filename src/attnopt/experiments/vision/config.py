@@ -64,7 +64,7 @@ class VisionConfig(ConfigMixin):
     ensemble: bool = True
     device: str = "auto"
     threads: int | None = None
-    eval_batch_size: int = 1000
+    eval_batch_size: int = 500
     # analysis
     threshold: float = THRESHOLD
     near_zero: float = 1e-3

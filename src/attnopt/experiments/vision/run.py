@@ -23,6 +23,7 @@ from attnopt.experiments.vision.analysis import MATRIX_TYPES, histogram_figure, 
 from attnopt.experiments.vision.config import VisionConfig, steps_per_epoch
 from attnopt.experiments.vision.train import (DeviceImages, Member, evaluate, resolve_device, summarize_history,
                                               train_members)
+from attnopt.models.vit import EnsembleViT
 from attnopt.report.figures import epoch_curves_figure
 from attnopt.report.runs import RunDir, as_run_dir, is_complete, open_run_dir, read_summary
 from attnopt.report.tables import fmt, markdown_table, pct
@@ -49,9 +50,10 @@ class CompareResult:
     runs: list[Path] = field(default_factory=list)
 
 
-def _member_summary(cfg: VisionConfig, history: list[dict], weights: dict, pruning: list[float]) -> dict:
+def _member_summary(cfg: VisionConfig, history: list[dict], weights: dict, init: dict, pruning: list[float]) -> dict:
     return {**summarize_history(history), "seed": None, "optimizer": cfg.label(), "lr": cfg.resolved_lr(),
-            "weights": weights, "pruning": {"levels": list(cfg.prune_levels), "test_acc": pruning}}
+            "weights": weights, "weights_init": init,
+            "pruning": {"levels": list(cfg.prune_levels), "test_acc": pruning}}
 
 
 def _aggregate(cfg: VisionConfig, members: list[dict]) -> dict[str, Any]:
@@ -59,10 +61,11 @@ def _aggregate(cfg: VisionConfig, members: list[dict]) -> dict[str, Any]:
                            "lr": cfg.resolved_lr(), "epochs": cfg.epochs, "seeds": [m["seed"] for m in members]}
     for key in ACCURACIES:
         agg[key] = mean_std([m[key] for m in members])
-    agg["weights"] = {t: {s: mean_std([m["weights"][t][s] for m in members])
-                          for s in ("above_threshold", "frac_near_zero", "max_abs", "mean_abs")}
-                      | {"entries": members[0]["weights"][t]["entries"], "threshold": cfg.threshold,
-                         "near_zero": cfg.near_zero} for t in MATRIX_TYPES}
+    for when in ("weights", "weights_init"):
+        agg[when] = {t: {s: mean_std([m[when][t][s] for m in members])
+                         for s in ("above_threshold", "frac_near_zero", "max_abs", "mean_abs")}
+                     | {"entries": members[0][when][t]["entries"], "threshold": cfg.threshold,
+                        "near_zero": cfg.near_zero} for t in MATRIX_TYPES}
     agg["pruning"] = {"levels": list(cfg.prune_levels),
                       "test_acc": [mean_std([m["pruning"]["test_acc"][i] for m in members])
                                    for i in range(len(cfg.prune_levels))]}
@@ -79,11 +82,13 @@ def _report(cfg: VisionConfig, agg: Mapping[str, Any]) -> str:
              f"- test accuracy at best validation epoch: {acc('honest_test_acc')}; best over epochs (paper's "
              f"metric, selects on test): {acc('best_test_acc')}; last epoch: {acc('last_test_acc')} "
              f"(n = {agg['honest_test_acc'][2]})", "",
-             markdown_table(["matrix", "entries", f"\\|w\\| > {cfg.threshold:g}", f"fraction \\|w\\| < {cfg.near_zero:g}",
-                             "max \\|w\\|"],
-                            [[t, w["entries"], fmt(*w["above_threshold"][:2], digits=1),
-                              fmt(*w["frac_near_zero"][:2]), fmt(*w["max_abs"][:2])]
-                             for t, w in agg["weights"].items()]), "",
+             markdown_table(["matrix", "weights", "entries", f"\\|w\\| > {cfg.threshold:g}",
+                             f"fraction \\|w\\| < {cfg.near_zero:g}", "mean \\|w\\|", "max \\|w\\|"],
+                            [[t, when, w["entries"], fmt(*w["above_threshold"][:2], digits=1),
+                              fmt(*w["frac_near_zero"][:2]), fmt(*w["mean_abs"][:2]), fmt(*w["max_abs"][:2])]
+                             for t in MATRIX_TYPES
+                             for when, w in (("trained", agg["weights"][t]), ("at init", agg["weights_init"][t]))]),
+            "",
              markdown_table(["pruned fraction"] + [f"{x:g}" for x in agg["pruning"]["levels"]],
                             [["test acc %"] + [pct(a[0]) for a in agg["pruning"]["test_acc"]]])]
     return "\n".join(lines)
@@ -123,14 +128,17 @@ def run_vision(config: VisionConfig | Mapping | None = None, *, out: "str | os.P
         done = {m.seed: read_summary(m.folder.path) for m in members if m.folder and is_complete(m.folder.path)}
         todo = [m for m in members if m.seed not in done]
         n_steps = steps_per_epoch(len(data.train), cfg.batch_size)
-        report(progress, "training (member steps)", 0, sum(cfg.epochs - m.epoch for m in todo) * n_steps)
+        total = sum(cfg.epochs - m.epoch for m in todo) * n_steps
+        report(progress, "training (member steps)", 0, total)
         test = None
         for group in _groups(cfg, todo):
-            model = train_members(cfg, group, data, device, progress)
+            model = train_members(cfg, group, data, device, progress, total)
             test = test or DeviceImages(data.test, data, cfg.model_config().image_size, device)
             pruned = pruning_curves(model, lambda mdl: evaluate(mdl, test, cfg.eval_batch_size)[1], cfg.prune_levels)
+            init = EnsembleViT(cfg.model_config(), [m.seed for m in group])  # the weights training started from
             for k, m in enumerate(group):
                 s = _member_summary(cfg, m.history, weight_stats(model, k, cfg.threshold, cfg.near_zero),
+                                    weight_stats(init, k, cfg.threshold, cfg.near_zero),
                                     [row[k] for row in pruned]) | {"seed": m.seed}
                 done[m.seed] = s
                 if m.folder is not None:
@@ -176,13 +184,14 @@ def run_compare(paths: Sequence["str | os.PathLike"], *, out: "str | os.PathLike
     vision_curves.png (train loss / accuracy and test accuracy by epoch, mean over seeds) there."""
     if not paths:
         raise UserError("give at least one 'vision train' run folder to compare")
-    rows, groups, curves = [], {}, {}
+    rows, groups, curves, init = [], {}, {}, {}
     for p in map(Path, paths):
         s, members = _read_vision_run(p)
         label = f"{s['optimizer']} (lr {s['lr']:g})"
         if label in groups:  # two runs of one optimiser: tell them apart by folder
             label = f"{label} [{p.name}]"
         groups[label] = [m["weights"] for m in members]
+        init.setdefault("initialisation", [m["weights_init"] for m in members])
         curves[f"{label}, mean of {len(members)}"] = _mean_history(p, s["members"])
         w = s["weights"]
         pr = s["pruning"]
@@ -201,7 +210,7 @@ def run_compare(paths: Sequence["str | os.PathLike"], *, out: "str | os.PathLike
     rd = as_run_dir(out, {"runs": [str(p) for p in paths]}, experiment=COMPARE)
     if rd is not None:
         rd.write_text("compare.md", table + "\n")
-        rd.save_figure("vision_hist.png", histogram_figure(groups))
+        rd.save_figure("vision_hist.png", histogram_figure(groups, init))
         rd.save_figure("vision_curves.png", epoch_curves_figure(
             {k: v for k, v in curves.items() if v}, panels=(("train_loss", "train loss (mean cross-entropy)"),
                                                             ("train_acc", "train accuracy (dropout on)"),

@@ -192,8 +192,9 @@ def _restore(members: list[Member], model: EnsembleViT, opt: torch.optim.Optimiz
 
 
 def train_members(cfg: VisionConfig, members: list[Member], data: ImageData, device: torch.device,
-                  progress: ProgressFn | None = None) -> EnsembleViT:
-    """Train ``members`` (all at the same epoch) together up to ``cfg.epochs``; returns the model."""
+                  progress: ProgressFn | None = None, total: int | None = None) -> EnsembleViT:
+    """Train ``members`` (all at the same epoch) together up to ``cfg.epochs``; returns the model.
+    Progress: one unit per member and step, out of ``total`` (default: this call's)."""
     start = members[0].epoch
     assert all(m.epoch == start for m in members)
     mcfg = cfg.model_config()
@@ -205,7 +206,7 @@ def train_members(cfg: VisionConfig, members: list[Member], data: ImageData, dev
     test = DeviceImages(data.test, data, mcfg.image_size, device)
     dropout = MemberDropout([m.drop_gen for m in members])
     n_steps = steps_per_epoch(train.n, cfg.batch_size)
-    total = (cfg.epochs - start) * n_steps * len(members)
+    total = total if total is not None else (cfg.epochs - start) * n_steps * len(members)
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
