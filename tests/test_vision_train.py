@@ -32,6 +32,12 @@ def test_ensemble_member_reproduces_single_run(optimizer):
             assert a[key] == b[key], key
         assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-4)
         assert a["weights"]["Q"]["above_threshold"] == b["weights"]["Q"]["above_threshold"]
+        ha, hb = team.histories[2], res.histories[2]
+        assert len(ha) == len(hb) == 2
+        for ra, rb in zip(ha, hb):  # every epoch: accuracies equal, losses within 1e-4 relative
+            assert [ra[k] for k in ("train_acc", "val_acc", "test_acc")] == [rb[k] for k in ("train_acc", "val_acc", "test_acc")]
+            for k in ("train_loss", "val_loss", "test_loss"):
+                assert ra[k] == pytest.approx(rb[k], rel=1e-4), k
     # the members differ from each other (own init, data order and dropout)
     assert len({m["final_train_loss"] for m in team.members}) == 3
 

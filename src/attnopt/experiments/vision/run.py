@@ -40,6 +40,7 @@ class VisionResult:
     members: list[dict]           # per seed: seed, summary (accuracies, weights, pruning)
     summary: dict[str, Any]       # the aggregate over seeds
     out: Path | None = None
+    histories: dict[int, list[dict]] = field(default_factory=dict)  # per seed: one row per epoch
 
 
 @dataclass
@@ -150,7 +151,8 @@ def run_vision(config: VisionConfig | Mapping | None = None, *, out: "str | os.P
         if rd is not None:
             rd.write_report(_report(cfg, agg))
             rd.write_summary(agg | {"members": [f"seed-{s}" for s in cfg.seeds]})
-    return VisionResult(cfg, per_member, agg, rd.path if rd is not None else None)
+    return VisionResult(cfg, per_member, agg, rd.path if rd is not None else None,
+                        {m.seed: m.history for m in members})
 
 
 # --------------------------------------------------------------------------- comparison
