@@ -124,3 +124,15 @@ def test_compare_table_and_figure(tmp_path):
     assert "± " in (tmp_path / "cmp" / "compare.md").read_text()
     with pytest.raises(UserError, match="not a finished"):
         run_compare([tmp_path / "cmp"])
+
+
+def test_training_learns_digits_and_pruning_starts_from_the_final_model():
+    res = run_vision(dict(TINY, optimizer="adam", lr=3e-3, seeds=(0,), epochs=4, subset=None, width=16, mlp=32,
+                          prune_levels=(0.0, 0.9)))
+    h = res.histories[0]
+    losses = [r["train_loss"] for r in h]
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    assert h[-1]["test_acc"] > 0.5  # chance is 0.1
+    m = res.members[0]
+    assert m["pruning"]["test_acc"][0] == m["last_test_acc"]  # level 0 is the trained model itself
+    assert m["pruning"]["test_acc"][1] < m["last_test_acc"]
