@@ -86,9 +86,10 @@ class MemberDropout:
         return x * (u >= rate).to(x.dtype) / (1.0 - rate)
 
 
-def _uniform(members: int, shape: tuple[int, ...], fan_in: int, gens: Sequence[torch.Generator]) -> torch.Tensor:
+def _uniform(shape: tuple[int, ...], fan_in: int, gens: Sequence[torch.Generator]) -> torch.Tensor:
+    """U(−1/√fan_in, 1/√fan_in) entries, member k's from ``gens[k]``."""
     bound = 1.0 / math.sqrt(fan_in)
-    return torch.stack([(torch.rand(shape, generator=g) * 2 - 1) * bound for g in gens[:members]])
+    return torch.stack([(torch.rand(shape, generator=g) * 2 - 1) * bound for g in gens])
 
 
 def _normal(shape: tuple[int, ...], std: float, gens: Sequence[torch.Generator]) -> torch.Tensor:
@@ -136,25 +137,25 @@ class EnsembleViT(nn.Module):
             raise ValueError("EnsembleViT needs at least one member")
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         P = nn.Parameter
-        self.patch_w = P(_uniform(E, (cfg.patch_dim, D), cfg.patch_dim, gens))
-        self.patch_b = P(_uniform(E, (D,), cfg.patch_dim, gens))
+        self.patch_w = P(_uniform((cfg.patch_dim, D), cfg.patch_dim, gens))
+        self.patch_b = P(_uniform((D,), cfg.patch_dim, gens))
         self.cls = P(_normal((1, D), 0.02, gens))
         self.pos = P(_normal((cfg.n_patches + 1, D), 0.02, gens))
         self.blocks = nn.ModuleList()
         for _ in range(cfg.depth):
             blk = nn.ParameterDict({
                 "ln1_w": P(torch.ones(E, D)), "ln1_b": P(torch.zeros(E, D)),
-                "q": P(_uniform(E, (D, D), D, gens)), "k": P(_uniform(E, (D, D), D, gens)),
-                "v": P(_uniform(E, (D, D), D, gens)),
-                "o_w": P(_uniform(E, (D, D), D, gens)), "o_b": P(_uniform(E, (D,), D, gens)),
+                "q": P(_uniform((D, D), D, gens)), "k": P(_uniform((D, D), D, gens)),
+                "v": P(_uniform((D, D), D, gens)),
+                "o_w": P(_uniform((D, D), D, gens)), "o_b": P(_uniform((D,), D, gens)),
                 "ln2_w": P(torch.ones(E, D)), "ln2_b": P(torch.zeros(E, D)),
-                "fc1_w": P(_uniform(E, (D, M), D, gens)), "fc1_b": P(_uniform(E, (M,), D, gens)),
-                "fc2_w": P(_uniform(E, (M, D), M, gens)), "fc2_b": P(_uniform(E, (D,), M, gens)),
+                "fc1_w": P(_uniform((D, M), D, gens)), "fc1_b": P(_uniform((M,), D, gens)),
+                "fc2_w": P(_uniform((M, D), M, gens)), "fc2_b": P(_uniform((D,), M, gens)),
             })
             self.blocks.append(blk)
         self.ln_w, self.ln_b = P(torch.ones(E, D)), P(torch.zeros(E, D))
-        self.head_w = P(_uniform(E, (D, cfg.classes), D, gens))
-        self.head_b = P(_uniform(E, (cfg.classes,), D, gens))
+        self.head_w = P(_uniform((D, cfg.classes), D, gens))
+        self.head_b = P(_uniform((cfg.classes,), D, gens))
 
     @property
     def members(self) -> int:
