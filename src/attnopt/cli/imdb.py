@@ -257,10 +257,10 @@ def sparsity(
     from attnopt.experiments.imdb.sparsity import SparsityConfig, run_sparsity
 
     lv = parse_floats(levels, "--levels")
-    with guard():
-        cfg = SparsityConfig(runs=tuple(map(str, find_runs(runs))), levels=tuple(lv), split=split,
-                             eval_subset=eval_subset, threshold=threshold, near_zero=near_zero, prune=prune,
-                             device=device)
+    with guard():  # the options first (errors name them), then the run folders
+        cfg = SparsityConfig(runs=tuple(map(str, runs)), levels=tuple(lv), split=split, eval_subset=eval_subset,
+                             threshold=threshold, near_zero=near_zero, prune=prune, device=device)
+        cfg = cfg.replace(runs=tuple(map(str, find_runs(runs))))
     target = _analysis_out(out, "imdb-sparsity", cfg, overwrite)
     with guard(Path(target)), progress_bars(progress) as cb:
         res = run_sparsity(cfg, out=target, progress=cb, data_root=data, cache=cache)
@@ -283,9 +283,10 @@ def attention_map(
     from attnopt.experiments.imdb import find_runs
     from attnopt.experiments.imdb.attention import AttentionConfig, run_attention
 
-    with guard():
-        cfg = AttentionConfig(runs=tuple(map(str, find_runs(runs))), texts=tuple(text or ()), maps=maps, probe=probe,
+    with guard():  # the options first (errors name them), then the run folders
+        cfg = AttentionConfig(runs=tuple(map(str, runs)), texts=tuple(text or ()), maps=maps, probe=probe,
                               device=device)
+        cfg = cfg.replace(runs=tuple(map(str, find_runs(runs))))
     target = _analysis_out(out, "imdb-attention", cfg, overwrite)
     with guard(Path(target)), progress_bars(progress) as cb:
         res = run_attention(cfg, out=target, progress=cb, data_root=data)
