@@ -78,6 +78,23 @@ def test_a_member_with_a_nan_loss_stops_alone(easy_data, tmp_path):
     assert json.loads((tmp_path / "ens" / "summary.json").read_text())["failed"] == ["seed1"]
 
 
+@needs_data
+def test_a_stop_file_in_the_ensemble_folder_stops_every_member(easy_data, tmp_path):
+    out = tmp_path / "ens"
+
+    def hook(epoch, step, losses):
+        if (epoch, step) == (1, 2):
+            (out / "STOP").touch()
+        return losses
+
+    base = dict(TINY, optimizer="adam", lr=1e-3, max_epochs=4)
+    cfg = EnsembleConfig(members=[TrainConfig(**base, seed=0), TrainConfig(**base, seed=1)])
+    res = run_ensemble(cfg, out=out, data=easy_data, _loss_hook=hook)
+    assert [(m.summary["epochs"], m.summary["stop_reason"]) for m in res.members] == [(1, "stop_file")] * 2
+    again = run_ensemble(cfg, out=out, data=easy_data)  # resumes both, the stale STOP removed
+    assert [m.summary["epochs"] for m in again.members] == [4, 4] and not (out / "STOP").exists()
+
+
 def test_ensemble_members_must_share_data_and_model():
     with pytest.raises(ConfigError, match=r"members\[1\] differs from members\[0\] in size"):
         EnsembleConfig(members=[TrainConfig(seed=0), TrainConfig(seed=1, size=4)])

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from attnopt.config import config_error
 from attnopt.errors import CheckpointError, RunFolderError
 from attnopt.experiments.imdb.batching import DeviceSplit
 from attnopt.experiments.imdb.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -139,7 +140,8 @@ def run_ensemble(config: EnsembleConfig | dict, *, out: str | Path | RunDir | No
     dist = setup_distributed(cfg.members[0].device)
     try:
         if dist.active:
-            raise RunFolderError("ensembles run in one process; under torchrun train each seed alone (--no-ensemble)")
+            raise config_error(cfg, "members: an ensemble runs in one process; under torchrun train each seed "
+                                    "alone (--no-ensemble)")
         root = _open(out, ensemble_record(cfg), ENSEMBLE, resume, dist)
         folders = [None if root is None else root / name for name in cfg.names]
         results = _train(list(cfg.members), folders, root, resume, dist, progress, data, data_root, cache, _loss_hook,
