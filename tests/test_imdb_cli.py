@@ -202,6 +202,25 @@ def test_foreign_checkpoint_with_code_is_refused(cli_run, tmp_path, command):
 
 
 @needs_data
+def test_analyses_read_checkpoints_of_the_earlier_format(cli_run, tmp_path):
+    """Format-1 checkpoints (numpy's RNG state inside, as plain arrays) still load for E4/E5."""
+    import random
+
+    import numpy as np
+
+    from attnopt.experiments.imdb import load_model
+
+    run = tmp_path / "old"
+    shutil.copytree(cli_run / "runs" / "seed0", run)
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    ck["format"], ck["rng"] = 1, [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                   "python": random.getstate()}]
+    torch.save(ck, run / "checkpoint.pt")
+    model, cfg = load_model(run)
+    assert torch.equal(model.head.weight, ck["model"]["head.weight"]) and cfg.seed == 0
+
+
+@needs_data
 def test_truncated_checkpoint_names_no_resume(cli_run, tmp_path):
     """Issue 19 row 6: a truncated checkpoint.pt, then resume: one line naming --no-resume."""
     run = tmp_path / "run"

@@ -65,9 +65,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return ck
 
 
+def _numpy_array_globals() -> list:
+    """What unpickling a plain numpy array needs: checkpoints of format 1 (attnopt before the
+    IMDB package) hold numpy's RNG state as one.  Arrays and dtypes only, no callables."""
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 def model_state(path: Path) -> dict[str, torch.Tensor]:
-    """Only the model weights of a checkpoint (for the analyses)."""
-    ck = load_checkpoint(path, hint="retrain the run")
+    """Only the model weights of a checkpoint (for the analyses); reads format 1 too."""
+    with torch.serialization.safe_globals(_numpy_array_globals()):
+        ck = load_checkpoint(path, hint="retrain the run")
     if not isinstance(ck, dict) or not isinstance(ck.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} holds no model weights")
     return ck["model"]
