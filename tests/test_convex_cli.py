@@ -53,22 +53,6 @@ def test_solve_runs_and_writes_its_folder_only_with_out(tmp_path, monkeypatch):
     assert (tmp_path / "s" / "report.md").is_file()
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--solver", "FOO"], ["solver", "FOO"]),
-    (["--tol", "nan"], ["tol", "nan"]),
-    (["--outputs", "0"], ["outputs", "0"]),
-    (["--loss", "hinge"], ["loss"]),
-    (["--beta", "-1"], ["beta"]),
-    (["--device", "bogus"], ["device"]),
-    (["--samples", "x"], ["--samples"]),
-])
-def test_solve_refuses_bad_options_before_solving(tmp_path, monkeypatch, args, needles):
-    monkeypatch.setattr("attnopt.experiments.convex.solve.run_solve", _never)
-    res = runner.invoke(app, ["convex", "solve", *args, "--out", str(tmp_path / "s")])
-    _error(res, *needles)
-    assert not (tmp_path / "s").exists()
-
-
 # ------------------------------------------------------------------ modular
 
 
@@ -104,24 +88,6 @@ def test_modular_wiring(tmp_path, monkeypatch):
     res = runner.invoke(app, ["convex", "modular", "--p", "11", "--out", str(tmp_path / "m"), "--overwrite"])
     assert res.exit_code == 0, res.output
     assert calls[-1][0].p == 11 and calls[-1][0].layers == (1, 2)
-
-
-@pytest.mark.parametrize("args, needles", [
-    (["--p", "4"], ["p must be a prime", "4"]),
-    (["--layers", "x"], ["--layers"]),
-    (["--layers", "1,0"], ["layers[1]"]),
-    (["--layers", "", "--set", "convex=false"], ["nothing to run"]),
-    (["--train-fraction", "1"], ["train_fraction"]),
-    (["--set", "bogus=1"], ["unknown config key", "bogus"]),
-    (["--set", "nokey"], ["--set", "key=value"]),
-    (["--set", "threads=-1"], ["threads"]),
-    (["--set", "device=cuda:99"], ["device", "not available"]),
-])
-def test_modular_refuses_bad_options_before_making_a_folder(tmp_path, monkeypatch, args, needles):
-    monkeypatch.setattr("attnopt.experiments.convex.modular.run_modular", _never)
-    res = runner.invoke(app, ["convex", "modular", *args, "--out", str(tmp_path / "m")])
-    _error(res, *needles)
-    assert not (tmp_path / "m").exists()
 
 
 def test_interrupt_says_what_was_kept(tmp_path, monkeypatch):
@@ -173,14 +139,37 @@ def test_student_teacher_without_the_convex_extra(tmp_path, monkeypatch):
     assert not (tmp_path / "st").exists()
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--max-len", "2"], ["max_len"]),
-    (["--target-dim", "500"], ["target_dim"]),
-    (["--set", "beta_path=[1,-1]"], ["beta_path[1]"]),
-    (["--set", "dataset=imdb"], ["dataset"]),
-])
-def test_student_teacher_refuses_bad_options(tmp_path, monkeypatch, args, needles):
-    monkeypatch.setattr("attnopt.experiments.convex.student_teacher.run_student_teacher", _never)
-    res = runner.invoke(app, ["convex", "student-teacher", *args, "--out", str(tmp_path / "st")])
+# ------------------------------------------------------------------ refused before anything runs or is made
+
+BAD = [
+    ("solve", ["--solver", "FOO"], ["solver", "FOO"]),
+    ("solve", ["--tol", "nan"], ["tol", "nan"]),
+    ("solve", ["--outputs", "0"], ["outputs", "0"]),
+    ("solve", ["--loss", "hinge"], ["loss"]),
+    ("solve", ["--beta", "-1"], ["beta"]),
+    ("solve", ["--device", "bogus"], ["device"]),
+    ("solve", ["--samples", "x"], ["--samples"]),
+    ("modular", ["--p", "4"], ["p must be a prime", "4"]),
+    ("modular", ["--layers", "x"], ["--layers"]),
+    ("modular", ["--layers", "1,0"], ["layers[1]"]),
+    ("modular", ["--layers", "", "--set", "convex=false"], ["nothing to run"]),
+    ("modular", ["--train-fraction", "1"], ["train_fraction"]),
+    ("modular", ["--set", "bogus=1"], ["unknown config key", "bogus"]),
+    ("modular", ["--set", "nokey"], ["--set", "key=value"]),
+    ("modular", ["--set", "threads=-1"], ["threads"]),
+    ("modular", ["--set", "device=cuda:99"], ["device", "not available"]),
+    ("student-teacher", ["--max-len", "2"], ["max_len"]),
+    ("student-teacher", ["--target-dim", "500"], ["target_dim"]),
+    ("student-teacher", ["--set", "beta_path=[1,-1]"], ["beta_path[1]"]),
+    ("student-teacher", ["--set", "dataset=imdb"], ["dataset"]),
+]
+RUNS = {"solve": "solve.run_solve", "modular": "modular.run_modular",
+        "student-teacher": "student_teacher.run_student_teacher"}
+
+
+@pytest.mark.parametrize("cmd, args, needles", BAD, ids=[f"{c} {' '.join(a)}" for c, a, _ in BAD])
+def test_bad_options_are_refused_before_running_or_making_a_folder(tmp_path, monkeypatch, cmd, args, needles):
+    monkeypatch.setattr(f"attnopt.experiments.convex.{RUNS[cmd]}", _never)
+    res = runner.invoke(app, ["convex", cmd, *args, "--out", str(tmp_path / "run")])
     _error(res, *needles)
-    assert not (tmp_path / "st").exists()
+    assert not (tmp_path / "run").exists()

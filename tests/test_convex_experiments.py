@@ -201,16 +201,12 @@ def test_solve_without_reference():
 # ------------------------------------------------------------------ modular
 
 MOD_SMALL = dict(p=11, train_fraction=0.6, steps=60, eval_every=20, d_model=16, num_heads=2,
-                 batch_size=64, convex_max_iter=60, convex_eval_every=20, gate_patterns=8, threads=2)
+                 batch_size=64, convex_max_iter=60, convex_eval_every=20, gate_patterns=8)
 
 
 def test_modular_reduced_run(tmp_path, monkeypatch):
     rec = Recorder()
-    _seed_all()
-    before = _read_globals()
-    _seed_all()
     res = run_modular(MOD_SMALL, out=tmp_path / "run", progress=rec)
-    assert _read_globals() == before  # threads (2 during the run) and the random generators given back
     assert res.out == tmp_path / "run" and is_complete(res.out)
     for f in ("config.json", "summary.json", "report.md", "accuracy.png", "history_convex.csv",
               "history_transformer_1layer.csv", "history_transformer_2layer.csv"):
@@ -230,6 +226,19 @@ def test_modular_reduced_run(tmp_path, monkeypatch):
     assert res2.histories["convex"][-1]["test_acc"] == res.histories["convex"][-1]["test_acc"]
     assert res2.histories["transformer_1layer"][-1]["train_loss"] == pytest.approx(
         res.histories["transformer_1layer"][-1]["train_loss"], rel=1e-6)
+
+
+def test_modular_caps_threads_and_gives_the_globals_back():
+    """threads=2 holds during the run (seen from the progress callback) and the thread count
+    and the random generators are what they were afterwards (a convex-only run on p = 5)."""
+    seen = []
+    _seed_all()
+    before = _read_globals()
+    _seed_all()
+    run_modular({"p": 5, "layers": (), "convex_max_iter": 4, "convex_eval_every": 2, "gate_patterns": 2,
+                 "threads": 2}, progress=lambda *a: seen.append(torch.get_num_threads()))
+    assert seen and set(seen) == {2}
+    assert _read_globals() == before
 
 
 def test_modular_refuses_another_runs_folder_before_training(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ app = new_app("Convex attention: group-lasso programs, FISTA, recovery, experime
 SetOpt = Annotated[Optional[List[str]], typer.Option(
     "--set", help="Any other config key=value (the value read as JSON when it parses), repeatable.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
-BetaRelOpt = Annotated[float, typer.Option("--beta-rel", help="β as a fraction of λ_max (the smallest β with Z = 0).")]
+BetaRelOpt = Annotated[float, typer.Option(
+    "--beta-rel", help="β as a fraction of λ_max (the smallest β with Z = 0).")]
 ConvexIterOpt = Annotated[int, typer.Option("--convex-max-iter", help="FISTA iterations of the convex model (cap).")]
 
 
@@ -96,7 +97,7 @@ def solve(
         res = run_solve(cfg, out=rd, progress=cb)
     con = console()
     con.print(_table(title(res.summary), *solver_rows(res.summary)))
-    con.print(recovery_line(res.summary))
+    con.print(recovery_line(res.summary), markup=False)
     finish(con, res.out, t0, "convex solve")
 
 
@@ -133,7 +134,7 @@ def student_teacher(
     con.print(_table(f"student–teacher: SST-2, {s['num_train']} train / {s['num_test']} test, β = {s['beta']:.4g}",
                      *student_rows(cfg, s)))
     for line in summary_lines(s):
-        con.print(line)
+        con.print(line, markup=False)
     if s["beta_path"]:
         con.print(_table("convex regularisation path (warm-started)", *path_rows(s)))
     finish(con, rd.path, t0, "convex student-teacher")
@@ -143,7 +144,8 @@ def student_teacher(
 def modular(
     seed: SeedOpt = 0,
     p: Annotated[int, typer.Option("--p", help="Prime modulus.")] = 97,
-    train_fraction: Annotated[float, typer.Option("--train-fraction", help="Fraction of equations for training.")] = 0.5,
+    train_fraction: Annotated[float, typer.Option(
+        "--train-fraction", help="Fraction of equations for training.")] = 0.5,
     steps: Annotated[int, typer.Option("--steps", help="Transformer AdamW steps.")] = 3000,
     layers: Annotated[str, typer.Option(
         "--layers", help="Transformer depths, comma-separated ('' for none).")] = "1,2",
@@ -170,5 +172,5 @@ def modular(
     s = res.summary
     con.print(_table(f"a ÷ b mod {cfg.p}: {s['num_train']} train / {s['num_test']} test equations", *model_rows(s)))
     if cfg.convex:
-        con.print(convex_line(cfg, s))
+        con.print(convex_line(cfg, s), markup=False)
     finish(con, rd.path, t0, "convex modular")

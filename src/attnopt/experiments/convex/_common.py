@@ -3,6 +3,8 @@ counted by absolute positions, and the history files."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from attnopt.config import check_choice, config_error
@@ -21,7 +23,8 @@ def check_device(owner: Any, name: str, value: Any) -> str:
     try:
         return str(torch.device(value))
     except (RuntimeError, ValueError):
-        raise config_error(owner, f"{name}: {value!r} is not a device torch knows (e.g. 'cpu', 'cuda', 'cuda:0')") from None
+        raise config_error(owner, f"{name}: {value!r} is not a device torch knows "
+                                  "(e.g. 'cpu', 'cuda', 'cuda:0')") from None
 
 
 def require_device(owner: Any, name: str, device: str) -> None:
@@ -71,6 +74,29 @@ class Ticker:
         self.total = max(done, self.done)
         report(self.progress, self.label, self.total - self.done, self.total)
         self.done = self.total
+
+
+@dataclass
+class RunResult:
+    """What a convex experiment returns: its config, the summary (what summary.json holds),
+    the per-model histories (what the history CSVs hold), and the run folder (None: none)."""
+
+    config: Any
+    summary: dict
+    histories: dict[str, list[dict]]
+    out: Optional[Path] = None
+
+
+def begin(cls, config: Any, out: Any, experiment: str, check_environment):
+    """The start of a convex experiment: its config (``cls.coerce``: an instance, a mapping or
+    None), what the run needs beyond it (``check_environment(cfg)``), then the run folder
+    (None when ``out`` is None: nothing is written) — in that order, so that a refused config
+    or a missing extra leaves no folder behind."""
+    from attnopt.report.runs import as_run_dir
+
+    cfg = cls.coerce(config)
+    check_environment(cfg)
+    return cfg, as_run_dir(out, cfg, experiment=experiment)
 
 
 def write_histories(rd, histories: dict[str, list[dict]]) -> None:

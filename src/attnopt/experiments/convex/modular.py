@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Optional
 
 import torch
@@ -40,8 +39,8 @@ from attnopt.config import (ConfigMixin, check_bool, check_choice, check_float, 
 from attnopt.convex.fista import solve_fista
 from attnopt.convex.programs import apply_gates, loss_value, make_problem, sample_gates
 from attnopt.data.modular import is_prime, split_equations
-from attnopt.experiments.convex._common import (Ticker, check_device, check_dtype, require_device, torch_dtype,
-                                                write_histories)
+from attnopt.experiments.convex._common import (RunResult, Ticker, begin, check_device, check_dtype,
+                                                require_device, torch_dtype, write_histories)
 from attnopt.report.tables import fmt, markdown_table
 from attnopt.runtime import ProgressFn, experiment_scope
 
@@ -112,12 +111,9 @@ class ModularConfig(ConfigMixin):
             raise config_error(self, "nothing to run: layers is empty and convex is false")
 
 
-@dataclass
-class ModularResult:
-    config: ModularConfig
-    summary: dict
-    histories: dict[str, list[dict]]
-    out: Optional[Path] = None
+class ModularResult(RunResult):
+    """:func:`run_modular`'s result; ``histories`` per model: step, time, train loss, train
+    and test accuracy (and the objective for the convex model)."""
 
 
 class ModTransformer(nn.Module):
@@ -278,11 +274,8 @@ def run_modular(config: ModularConfig | Mapping | None = None, *, out=None,
     """Run the modular-division comparison (see the module docstring); ``out``: a run folder
     (path or :class:`~attnopt.report.runs.RunDir`), None writes nothing."""
     from attnopt.experiments.convex import figures
-    from attnopt.report.runs import as_run_dir
 
-    cfg = ModularConfig.coerce(config)
-    check_environment(cfg)
-    rd = as_run_dir(out, cfg, experiment="convex-modular")
+    cfg, rd = begin(ModularConfig, config, out, "convex-modular", check_environment)
     histories: dict[str, list[dict]] = {}
     with experiment_scope(cfg.threads):
         data = split_equations(cfg.p, cfg.train_fraction, cfg.seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from attnopt.config import ConfigMixin, check_choice, check_float, check_int, config_error
-from attnopt.experiments.convex._common import Ticker, check_device, require_device
+from attnopt.experiments.convex._common import Ticker, begin, check_device, require_device
 from attnopt.report.tables import markdown_table
 from attnopt.runtime import ProgressFn, experiment_scope, report
 
@@ -119,11 +119,8 @@ def run_solve(config: SolveConfig | Mapping | None = None, *, out=None,
     from attnopt.convex.fista import solve_fista
     from attnopt.convex.recovery import convex_to_heads, nonconvex_objective, sparsity_report
     from attnopt.convex.reference import solve_cvxpy
-    from attnopt.report.runs import as_run_dir
 
-    cfg = SolveConfig.coerce(config)
-    check_environment(cfg)
-    rd = as_run_dir(out, cfg, experiment="convex-solve")
+    cfg, rd = begin(SolveConfig, config, out, "convex-solve", check_environment)
     with experiment_scope():
         prob = make_instance(cfg)
         tick = Ticker(progress, "FISTA", cfg.max_iter)
@@ -184,5 +181,6 @@ def _report(res: SolveResult) -> str:
     header, rows = solver_rows(s)
     lines = [f"# {title(s)}", "", markdown_table(header, rows), "", recovery_line(s)]
     if s["reference"] is not None:
-        lines += ["", f"FISTA − reference, relative objective difference: {s['reference']['rel_objective_difference']:.1e}."]
+        diff = s["reference"]["rel_objective_difference"]
+        lines += ["", f"FISTA − reference, relative objective difference: {diff:.1e}."]
     return "\n".join(lines)

@@ -42,7 +42,7 @@ from attnopt.convex.baselines import SimplexAttention, SoftmaxAttention, train_b
 from attnopt.convex.fista import solve_fista
 from attnopt.convex.programs import make_problem
 from attnopt.convex.recovery import convex_to_heads, nonconvex_objective, sparsity_report
-from attnopt.experiments.convex._common import Ticker, write_histories
+from attnopt.experiments.convex._common import RunResult, Ticker, begin, write_histories
 from attnopt.report.tables import fmt, markdown_table
 from attnopt.runtime import ProgressFn, experiment_scope, report
 
@@ -111,12 +111,9 @@ class StudentTeacherConfig(ConfigMixin):
             s("threads", check_int(self, "threads", self.threads, 1))
 
 
-@dataclass
-class StudentTeacherResult:
-    config: StudentTeacherConfig
-    summary: dict
-    histories: dict[str, list[dict]]
-    out: Optional[Path] = None
+class StudentTeacherResult(RunResult):
+    """:func:`run_student_teacher`'s result; ``histories`` per student: step, time, objective
+    (and loss for the baselines, duality gap at FISTA's checks)."""
 
 
 def check_environment(cfg: StudentTeacherConfig) -> None:
@@ -152,7 +149,8 @@ def build_features(cfg: StudentTeacherConfig) -> dict:
         proj = Vh[: cfg.target_dim].T
     for name in ("train", "test"):
         out[name]["Y"] = (out[name]["T"] - mu) @ proj
-    out["explained_variance"] = float(((out["train"]["T"] - mu) @ proj).pow(2).sum() / (out["train"]["T"] - mu).pow(2).sum())
+    centred = out["train"]["T"] - mu
+    out["explained_variance"] = float((centred @ proj).pow(2).sum() / centred.pow(2).sum())
     return out
 
 
@@ -165,11 +163,8 @@ def run_student_teacher(config: StudentTeacherConfig | Mapping | None = None, *,
     """Run the student–teacher comparison (see the module docstring); ``out``: a run folder
     (path or :class:`~attnopt.report.runs.RunDir`), None writes nothing."""
     from attnopt.experiments.convex import figures
-    from attnopt.report.runs import as_run_dir
 
-    cfg = StudentTeacherConfig.coerce(config)
-    check_environment(cfg)
-    rd = as_run_dir(out, cfg, experiment="convex-student-teacher")
+    cfg, rd = begin(StudentTeacherConfig, config, out, "convex-student-teacher", check_environment)
     with experiment_scope(cfg.threads):
         torch.manual_seed(cfg.seed)
         t_feat = time.perf_counter()
@@ -316,7 +311,8 @@ def path_rows(s: dict) -> tuple[list[str], list[list[str]]]:
     """The regularisation-path table of a summary (no rows when no path was run)."""
     header = ["β / λ_max", "objective", "rel. gap", "train rel. err", "test rel. err", "heads", "positions used", "s"]
     rows = [[f"{r['beta_rel']:g}", f"{r['objective']:.6g}", f"{r['rel_gap']:.1e}", fmt(r["train_rel_err"], digits=4),
-             fmt(r["test_rel_err"], digits=4), str(r["num_heads"]), str(r["num_tokens_used"]), fmt(r["time_s"], digits=2)]
+             fmt(r["test_rel_err"], digits=4), str(r["num_heads"]), str(r["num_tokens_used"]),
+             fmt(r["time_s"], digits=2)]
             for r in s.get("beta_path", [])]
     return header, rows
 
