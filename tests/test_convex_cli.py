@@ -173,3 +173,13 @@ def test_bad_options_are_refused_before_running_or_making_a_folder(tmp_path, mon
     res = runner.invoke(app, ["convex", cmd, *args, "--out", str(tmp_path / "run")])
     _error(res, *needles)
     assert not (tmp_path / "run").exists()
+
+
+def test_student_teacher_without_the_data(tmp_path, monkeypatch):
+    monkeypatch.setattr("attnopt.data.text.encoder_dir", lambda: tmp_path)  # as if the extra were installed
+    monkeypatch.setattr("attnopt.experiments.convex.student_teacher.run_student_teacher", _never)
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["convex", "student-teacher", "--data", str(tmp_path / "empty"),
+                              "--out", str(tmp_path / "st")])
+    _error(res, "data file not found", "sst2")
+    assert not (tmp_path / "st").exists()
