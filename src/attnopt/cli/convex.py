@@ -117,7 +117,7 @@ def student_teacher(
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Refit the last attention layer of all-MiniLM-L6-v2 on SST-2: convex vs simplex vs softmax
-    (needs the [convex] extra)."""
+    (needs attnopt's convex extra and the shared SST-2 file)."""
     t0 = time.perf_counter()
     from attnopt.experiments.convex.student_teacher import (StudentTeacherConfig, check_environment, path_rows,
                                                             run_student_teacher, student_rows, summary_lines)
