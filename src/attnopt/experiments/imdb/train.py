@@ -239,7 +239,9 @@ def _train(cfgs: list[TrainConfig], folders: list[Path | None], root: Path | Non
     with execution_scope(tf32=base.protocol == "paper" and device.type == "cuda" and precision == "fp32"):
         data = _load_data(base, data, data_root, cache, dist, progress)
         if len(data.train) == 0:
-            raise CheckpointError("the training split is empty")  # pragma: no cover - guarded by the config
+            from attnopt.data.reviews import ReviewDataError
+
+            raise ReviewDataError("the training split is empty")
         names = names or [c.run_name() for c in cfgs]
         members, cks = zip(*(_member(c, n, f, device, resume, dist) for c, n, f in zip(cfgs, names, folders)))
         members = list(members)
