@@ -9,7 +9,7 @@ from attnopt.config import ConfigError
 from attnopt.data.reviews import TokenizedSplit
 from attnopt.experiments.imdb.batching import DeviceSplit, eval_batches, packed_batch, padded_batch
 from attnopt.experiments.imdb.engine import member_losses
-from attnopt.models.encoder import (EncoderClassifier, EncoderConfig, EncoderEnsemble, Padded, ensemble_logits,
+from attnopt.models.encoder import (EncoderClassifier, EncoderConfig, EncoderEnsemble, ensemble_logits,
                                     explicit_attention)
 
 @pytest.fixture(autouse=True, scope="module")
