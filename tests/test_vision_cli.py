@@ -82,6 +82,7 @@ def test_defaults_are_the_authors_setting(captured, tmp_path):
     (["--device", "tpu"], "device"),
     (["--dataset", "mnist"], "dataset"),
     (["--epochs", "0"], "epochs"),
+    (["--dataset", "digits", "--data", "."], "data"),
 ])
 def test_bad_option_is_one_error_line(args, needle, tmp_path, captured):
     out = tmp_path / "r"
@@ -129,3 +130,13 @@ def test_mounted_in_the_root_app():
         pytest.skip("attnopt.cli does not mount the vision group yet (the lead adds one line)")
     res = runner.invoke(root_app, ["vision", "train", "--lr", "nan"])
     assert res.exit_code == 2 and res.stderr.startswith("error: ")
+
+
+def test_ctrl_c_keeps_the_run_and_says_how_to_resume(monkeypatch, tmp_path):
+    def interrupted(cfg, *, out=None, progress=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vision_exp, "run_vision", interrupted)
+    res = runner.invoke(_mounted(), ["vision", "train", "--dataset", "digits", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 130 and "the same command resumes it" in res.stderr, res.stderr
+    assert (tmp_path / "r" / "config.json").is_file() and not (tmp_path / "r" / "summary.json").exists()

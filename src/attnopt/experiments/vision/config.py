@@ -75,6 +75,9 @@ class VisionConfig(ConfigMixin):
         s("dataset", check_choice(self, "dataset", self.dataset, DATASETS))
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             s("data_dir", str(self.data_dir))
+        if self.data_dir is not None and self.dataset == "digits":
+            raise config_error(self, "data_dir is only read for dataset cifar10 (digits ships with scikit-learn); "
+                                     "drop --data")
         s("val_fraction", check_float(self, "val_fraction", self.val_fraction, ge=0.0, lt=1.0))
         s("data_seed", check_int(self, "data_seed", self.data_seed, 0))
         if self.subset is not None:

@@ -24,7 +24,7 @@ from attnopt.experiments.vision.config import VisionConfig, steps_per_epoch
 from attnopt.experiments.vision.train import (DeviceImages, Member, evaluate, resolve_device, summarize_history,
                                               train_members)
 from attnopt.models.vit import EnsembleViT
-from attnopt.report.figures import epoch_curves_figure
+from attnopt.report.imdb_figures import epoch_curves_figure
 from attnopt.report.runs import RunDir, as_run_dir, is_complete, open_run_dir, read_summary
 from attnopt.report.tables import fmt, markdown_table, pct
 from attnopt.runtime import ProgressFn, experiment_scope, report
