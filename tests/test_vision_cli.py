@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import typer
 from typer.testing import CliRunner
+from vision_cifar_fixture import write_cifar
 
 import attnopt.experiments.vision as vision_exp
 from attnopt.cli import app as root_app
@@ -94,8 +95,6 @@ def test_bad_option_is_one_error_line(args, needle, tmp_path, captured):
 
 
 def test_missing_or_malformed_cifar_is_one_error_line(tmp_path):
-    from tests.test_vision_data import write_cifar
-
     for data, needle in ((None, "needs --data"), (tmp_path / "none", "CIFAR-10 not found"),
                          (write_cifar(tmp_path / "bad", labels=[0, 1, 2, 11]), "labels must be 0–9")):
         out = tmp_path / f"r-{needle[:5]}"

@@ -8,22 +8,10 @@ import pickle
 import numpy as np
 import pytest
 
+from vision_cifar_fixture import write_cifar
+
 from attnopt.data.vision import CIFAR_TEST, CIFAR_TRAIN, load_cifar10, load_digits_splits, load_images
 from attnopt.errors import UserError
-
-
-def write_cifar(folder, n=4, labels=None, data=None, skip=()):
-    """CIFAR-10 python batches of ``n`` random images each (batch i holds labels (i + j) % 10)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.RandomState(0)
-    for i, name in enumerate(CIFAR_TRAIN + (CIFAR_TEST,)):
-        if name in skip:
-            continue
-        d = rng.randint(0, 256, size=(n, 3072)).astype(np.uint8) if data is None else data
-        lab = [(i + j) % 10 for j in range(n)] if labels is None else labels
-        with open(folder / name, "wb") as fh:
-            pickle.dump({b"batch_label": b"fixture", b"data": d, b"labels": lab}, fh, protocol=2)
-    return folder
 
 
 def test_digits_splits_cover_the_set():
