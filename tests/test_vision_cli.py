@@ -48,13 +48,15 @@ def test_train_options_reach_the_config(captured, tmp_path):
     res = runner.invoke(cli.app, ["train", "--dataset", "digits", "--width", "32", "--depth", "3", "--heads", "4",
                                   "--mlp", "64", "--patch", "2", "--image-size", "16", "--optimizer", "adam",
                                   "--lr", "3e-4", "--seed", "7", "--seeds", "1..3", "--no-ensemble", "--epochs", "5",
-                                  "--prune-levels", "0,0.9", "--threads", "1", "--out", str(tmp_path / "r")])
+                                  "--prune-levels", "0,0.9", "--threads", "1", "--augment", "crop", "--crop-pad", "2",
+                                  "--out", str(tmp_path / "r")])
     assert isinstance(res.exception, _Called), res.output
     cfg = captured["cfg"]
     assert (cfg.dataset, cfg.width, cfg.depth, cfg.heads, cfg.mlp, cfg.patch, cfg.image_size) == \
         ("digits", 32, 3, 4, 64, 2, 16)
     assert (cfg.optimizer, cfg.lr, cfg.seeds, cfg.ensemble, cfg.epochs, cfg.prune_levels) == \
         ("adam", 3e-4, (7, 1, 2, 3), False, 5, (0.0, 0.9))
+    assert (cfg.augment, cfg.crop_pad) == ("crop", 2)
     assert captured["out"].path == tmp_path / "r" and (tmp_path / "r" / "config.json").is_file()
 
 
@@ -83,6 +85,8 @@ def test_defaults_are_the_authors_setting(captured, tmp_path):
     (["--device", "tpu"], "device"),
     (["--dataset", "mnist"], "dataset"),
     (["--epochs", "0"], "epochs"),
+    (["--augment", "mixup"], "augment"),
+    (["--crop-pad", "-1"], "crop_pad"),
     (["--dataset", "digits", "--data", "."], "data"),
 ])
 def test_bad_option_is_one_error_line(args, needle, tmp_path, captured):

@@ -11,13 +11,22 @@ import torch
 from attnopt.errors import UserError
 from attnopt.experiments.vision import VisionConfig, run_compare, run_vision
 from attnopt.experiments.vision.analysis import magnitude_prune_
-from attnopt.experiments.vision.train import CHECKPOINT
+from attnopt.experiments.vision.train import CHECKPOINT, random_crop_flip
 from attnopt.files import load_checkpoint
 from attnopt.models.vit import EnsembleViT, ViTConfig
 from attnopt.report.runs import is_complete
 
 TINY = dict(dataset="digits", image_size=8, patch=4, width=8, depth=1, heads=2, mlp=16, epochs=2, subset=120,
             batch_size=40, threads=1, prune_levels=(0.0, 0.5))
+
+
+def _same_history(ha: list[dict], hb: list[dict]) -> None:
+    """Every epoch: accuracies equal, losses within 1e-4 relative."""
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb):
+        assert [ra[k] for k in ("train_acc", "val_acc", "test_acc")] == [rb[k] for k in ("train_acc", "val_acc", "test_acc")]
+        for k in ("train_loss", "val_loss", "test_loss"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4), k
 
 
 @pytest.mark.parametrize("optimizer", ["md", "adam"])
@@ -32,12 +41,8 @@ def test_ensemble_member_reproduces_single_run(optimizer):
             assert a[key] == b[key], key
         assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-4)
         assert a["weights"]["Q"]["above_threshold"] == b["weights"]["Q"]["above_threshold"]
-        ha, hb = team.histories[2], res.histories[2]
-        assert len(ha) == len(hb) == 2
-        for ra, rb in zip(ha, hb):  # every epoch: accuracies equal, losses within 1e-4 relative
-            assert [ra[k] for k in ("train_acc", "val_acc", "test_acc")] == [rb[k] for k in ("train_acc", "val_acc", "test_acc")]
-            for k in ("train_loss", "val_loss", "test_loss"):
-                assert ra[k] == pytest.approx(rb[k], rel=1e-4), k
+        assert len(team.histories[2]) == 2
+        _same_history(team.histories[2], res.histories[2])
     # the members differ from each other (own init, data order and dropout)
     assert len({m["final_train_loss"] for m in team.members}) == 3
 
@@ -136,3 +141,23 @@ def test_training_learns_digits_and_pruning_starts_from_the_final_model():
     m = res.members[0]
     assert m["pruning"]["test_acc"][0] == m["last_test_acc"]  # level 0 is the trained model itself
     assert m["pruning"]["test_acc"][1] < m["last_test_acc"]
+
+
+def test_random_crop_flip():
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).reshape(2, 1, 3, 3)
+    same = random_crop_flip(x, torch.tensor([False, False]), torch.tensor([[1, 1], [1, 1]]), 1)
+    assert torch.equal(same, x)  # offset = pad: no shift
+    out = random_crop_flip(x, torch.tensor([True, False]), torch.tensor([[1, 1], [0, 2]]), 1)
+    assert torch.equal(out[0], x[0].flip(-1))
+    # image 1 shifted down by one row and left by one column: zeros enter at the top and right
+    want = torch.zeros(3, 3)
+    want[1:, :2] = x[1, 0, :2, 1:]
+    assert torch.equal(out[1, 0], want)
+
+
+def test_ensemble_member_reproduces_single_run_with_augmentation():
+    cfg = dict(TINY, optimizer="adamw", augment="crop-flip", crop_pad=1, epochs=1)
+    team, solo = run_vision(dict(cfg, seeds=(1, 2))), run_vision(dict(cfg, seeds=(2,)))
+    _same_history(team.histories[2], solo.histories[2])
+    plain = run_vision(dict(cfg, augment="none", seeds=(2,)))
+    assert plain.histories[2][0]["train_loss"] != solo.histories[2][0]["train_loss"]

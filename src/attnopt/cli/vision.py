@@ -57,6 +57,9 @@ def train(
                                         "validation (model selection).")] = 0.1,
     data_seed: Annotated[int, _opt("--data-seed", "Seed of the validation split (and the digits test split).")] = 0,
     subset: Annotated[Optional[int], _opt("--subset", "Keep only this many training images.")] = None,
+    augment: Annotated[str, _opt("--augment", "Training augmentation: none, crop, flip or crop-flip "
+                                 "(random crops after zero padding by --crop-pad; left-right flips).")] = "none",
+    crop_pad: Annotated[int, _opt("--crop-pad", "Zero padding of the random crops, in pixels.")] = 4,
     image_size: Annotated[Optional[int], _opt("--image-size", "Image side the model sees (images are resized; "
                                               "default 48 for cifar10, 8 for digits).")] = None,
     patch: Annotated[int, _opt("--patch", "Patch side.")] = 4,
@@ -96,7 +99,8 @@ def train(
     with guard():
         cfg = VisionConfig.from_dict(dict(
             dataset=dataset, data_dir=None if data is None else str(data), val_fraction=val_fraction,
-            data_seed=data_seed, subset=subset, image_size=image_size, patch=patch, width=width, depth=depth,
+            data_seed=data_seed, subset=subset, augment=augment, crop_pad=crop_pad, image_size=image_size,
+            patch=patch, width=width, depth=depth,
             heads=heads, mlp=mlp, dropout=dropout, optimizer=optimizer, p=p, lr=lr, md_normalize=md_normalize,
             momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
             seeds=all_seeds or (0,), ensemble=ensemble, device=device, threads=threads,

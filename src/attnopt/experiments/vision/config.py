@@ -17,6 +17,8 @@ from attnopt.data.vision import DATASETS
 from attnopt.models.vit import ViTConfig
 
 OPTIMIZERS = ("md", "adam", "adamw", "sgd")
+#: training-image augmentations: random crops after zero padding by ``crop_pad``, left-right flips
+AUGMENTATIONS = ("none", "crop", "flip", "crop-flip")
 #: default learning rates: MD and Adam are the paper's E6 values; AdamW takes Adam's with
 #: weight decay 0.01; SGD-momentum's 1e-2 (momentum 0.9, mean loss) is our choice, not the paper's.
 DEFAULT_LR = {"md": 5e-2, "adam": 1e-4, "adamw": 1e-4, "sgd": 1e-2}
@@ -42,6 +44,8 @@ class VisionConfig(ConfigMixin):
     val_fraction: float = 0.1
     data_seed: int = 0
     subset: int | None = None
+    augment: str = "none"
+    crop_pad: int = 4
     # model
     image_size: int | None = None
     patch: int = 4
@@ -82,6 +86,8 @@ class VisionConfig(ConfigMixin):
         s("data_seed", check_int(self, "data_seed", self.data_seed, 0))
         if self.subset is not None:
             s("subset", check_int(self, "subset", self.subset, 1))
+        s("augment", check_choice(self, "augment", self.augment, AUGMENTATIONS))
+        s("crop_pad", check_int(self, "crop_pad", self.crop_pad, 0))
         if self.image_size is not None:
             s("image_size", check_int(self, "image_size", self.image_size, 1))
         s("optimizer", check_choice(self, "optimizer", str(self.optimizer).lower(), OPTIMIZERS))
@@ -137,5 +143,5 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-__all__ = ["VisionConfig", "OPTIMIZERS", "DEFAULT_LR", "DEFAULT_IMAGE_SIZE", "THRESHOLD", "PRUNE_LEVELS",
+__all__ = ["VisionConfig", "OPTIMIZERS", "AUGMENTATIONS", "DEFAULT_LR", "DEFAULT_IMAGE_SIZE", "THRESHOLD", "PRUNE_LEVELS",
            "steps_per_epoch"]

@@ -81,14 +81,46 @@ class DeviceImages:
         self.std = torch.tensor(data.std, device=device).reshape(c, 1, 1)
         self.scale = float(data.scale)
 
-    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``idx.shape + (C, size, size)`` (bilinear resize when the size differs) and labels."""
+    def batch(self, idx: torch.Tensor, augment: tuple[torch.Tensor, torch.Tensor, int] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``idx.shape + (C, size, size)`` and labels: standardised, augmented
+        (``(flips, offsets, pad)`` for :func:`random_crop_flip`, at the stored resolution), then
+        resized bilinearly when the size differs."""
         x = (self.images[idx].float() / self.scale - self.mean) / self.std
+        if augment is not None:
+            x = random_crop_flip(x, *augment)
         if x.shape[-1] != self.size:
             lead = x.shape[:-3]
             x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=(self.size, self.size), mode="bilinear",
                               align_corners=False).reshape(*lead, x.shape[-3], self.size, self.size)
         return x, self.labels[idx]
+
+
+def random_crop_flip(x: torch.Tensor, flips: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per image of ``x`` (…, C, H, W): pad with zeros (the mean pixel, after standardisation)
+    by ``pad``, crop H × W starting at row/column ``offsets[…, 0/1]`` ∈ [0, 2·pad] (``pad``
+    everywhere = no shift), then mirror left–right where ``flips`` (…,) is true."""
+    *lead, C, H, W = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = offsets[..., 0, None] + torch.arange(H, device=x.device)  # (…, H)
+    cols = offsets[..., 1, None] + torch.arange(W, device=x.device)  # (…, W)
+    cols = torch.where(flips[..., None], cols.flip(-1), cols)
+    xp = torch.gather(xp, -2, rows[..., None, :, None].expand(*lead, C, H, W + 2 * pad))
+    return torch.gather(xp, -1, cols[..., None, None, :].expand(*lead, C, H, W))
+
+
+def _augmentation(cfg: VisionConfig, members: list[Member], batch: int, device: torch.device):
+    """Member k's flips and crop offsets for one batch, drawn from its data generator."""
+    if cfg.augment == "none":
+        return None
+    pad = cfg.crop_pad if "crop" in cfg.augment else 0
+    flips, offsets = [], []
+    for m in members:
+        f = torch.rand(batch, generator=m.data_gen) < 0.5
+        o = torch.randint(0, 2 * pad + 1, (batch, 2), generator=m.data_gen)
+        flips.append(f if "flip" in cfg.augment else torch.zeros_like(f))
+        offsets.append(o)
+    return torch.stack(flips).to(device), torch.stack(offsets).to(device), pad
 
 
 @torch.no_grad()
@@ -214,7 +246,7 @@ def train_members(cfg: VisionConfig, members: list[Member], data: ImageData, dev
         sums = torch.zeros(2, len(members), dtype=torch.float64, device=device)
         for step in range(n_steps):
             idx = perms[:, step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = train.batch(idx)
+            x, y = train.batch(idx, _augmentation(cfg, members, idx.shape[1], device))
             logits = model(x, dropout)
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
             losses = ce.reshape(len(members), -1).mean(1)
@@ -268,5 +300,5 @@ def summarize_history(history: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-__all__ = ["train_members", "Member", "evaluate", "make_optimizer", "summarize_history", "NonFiniteLoss",
+__all__ = ["train_members", "Member", "evaluate", "random_crop_flip", "make_optimizer", "summarize_history", "NonFiniteLoss",
            "DeviceImages", "resolve_device", "CHECKPOINT"]
