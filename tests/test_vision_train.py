@@ -11,7 +11,7 @@ import torch
 from attnopt.errors import UserError
 from attnopt.experiments.vision import VisionConfig, run_compare, run_vision
 from attnopt.experiments.vision.analysis import magnitude_prune_
-from attnopt.experiments.vision.train import CHECKPOINT, random_crop_flip
+from attnopt.experiments.vision.train import CHECKPOINT, random_crop_flip, resolve_precision
 from attnopt.files import load_checkpoint
 from attnopt.models.vit import EnsembleViT, ViTConfig
 from attnopt.report.runs import is_complete
@@ -161,3 +161,14 @@ def test_ensemble_member_reproduces_single_run_with_augmentation():
     _same_history(team.histories[2], solo.histories[2])
     plain = run_vision(dict(cfg, augment="none", seeds=(2,)))
     assert plain.histories[2][0]["train_loss"] != solo.histories[2][0]["train_loss"]
+
+
+def test_bf16_autocast_on_cpu():
+    cfg = dict(TINY, optimizer="md", precision="bf16", epochs=1)
+    team, solo = run_vision(dict(cfg, seeds=(1, 2))), run_vision(dict(cfg, seeds=(2,)))
+    _same_history(team.histories[2], solo.histories[2])
+    fp32 = run_vision(dict(cfg, precision="fp32", seeds=(2,)))
+    a, b = solo.histories[2][0]["train_loss"], fp32.histories[2][0]["train_loss"]
+    assert a != b and a == pytest.approx(b, rel=2e-2)  # bf16 products: close to fp32, not equal
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"

@@ -83,6 +83,7 @@ def train(
     ensemble: Annotated[bool, _opt("--ensemble/--no-ensemble", "Train the seeds together as one batched "
                                    "model (same results as one by one).")] = True,
     device: Annotated[str, _opt("--device", "auto, cpu, cuda or cuda:N.")] = "auto",
+    precision: Annotated[str, _opt("--precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
     threads: Annotated[Optional[int], _opt("--threads", "CPU threads for torch (default: torch's).")] = None,
     eval_batch_size: Annotated[int, _opt("--eval-batch-size", "Batch size of evaluation.")] = 500,
     threshold: Annotated[float, _opt("--threshold", "|w| threshold of the weight counts (paper: 0.06).")] = 0.06,
@@ -103,7 +104,7 @@ def train(
             patch=patch, width=width, depth=depth,
             heads=heads, mlp=mlp, dropout=dropout, optimizer=optimizer, p=p, lr=lr, md_normalize=md_normalize,
             momentum=momentum, weight_decay=weight_decay, batch_size=batch_size, epochs=epochs,
-            seeds=all_seeds or (0,), ensemble=ensemble, device=device, threads=threads,
+            seeds=all_seeds or (0,), ensemble=ensemble, device=device, precision=precision, threads=threads,
             eval_batch_size=eval_batch_size, threshold=threshold, near_zero=near_zero,
             prune_levels=tuple(parse_floats(prune_levels, "--prune-levels"))))
     rd = open_out(out, "vision-train", cfg, overwrite=overwrite, resumable=True)

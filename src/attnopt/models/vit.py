@@ -70,7 +70,8 @@ class MemberDropout:
     """Dropout masks for E members, member k's drawn from ``generators[k]``.
 
     ``apply(x, rate)`` multiplies ``x`` (shape (E, …)) by Bernoulli(1 − rate)/(1 − rate)
-    masks; member k's mask is ``torch.rand(x[k].shape, generator=generators[k]) >= rate``.
+    masks; member k's mask is ``torch.rand(x[k].shape, generator=generators[k]) >= rate``
+    (float32 uniforms).
     """
 
     def __init__(self, generators: Sequence[torch.Generator]) -> None:
@@ -81,7 +82,8 @@ class MemberDropout:
             return x
         if x.shape[0] != len(self.generators):
             raise ValueError(f"dropout: {x.shape[0]} members in the input, {len(self.generators)} generators")
-        u = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device, dtype=x.dtype)
+        # float32 draws whatever x's dtype (bfloat16 under autocast would round the uniforms)
+        u = torch.stack([torch.rand(x.shape[1:], generator=g, device=x.device, dtype=torch.float32)
                          for g in self.generators])
         return x * (u >= rate).to(x.dtype) / (1.0 - rate)
 

@@ -67,6 +67,7 @@ class VisionConfig(ConfigMixin):
     seeds: tuple[int, ...] = (0,)
     ensemble: bool = True
     device: str = "auto"
+    precision: str = "auto"
     threads: int | None = None
     eval_batch_size: int = 500
     # analysis
@@ -105,6 +106,7 @@ class VisionConfig(ConfigMixin):
         if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "cuda")
                                                     or self.device.startswith("cuda:")):
             raise config_error(self, f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        s("precision", check_choice(self, "precision", self.precision, ("auto", "fp32", "bf16")))
         if self.threads is not None:
             s("threads", check_int(self, "threads", self.threads, 1))
         s("threshold", check_float(self, "threshold", self.threshold, gt=0.0))

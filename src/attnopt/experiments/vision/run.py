@@ -21,8 +21,8 @@ from attnopt.data.vision import load_images
 from attnopt.errors import UserError
 from attnopt.experiments.vision.analysis import MATRIX_TYPES, histogram_figure, mean_std, pruning_curves, weight_stats
 from attnopt.experiments.vision.config import VisionConfig, steps_per_epoch
-from attnopt.experiments.vision.train import (DeviceImages, Member, evaluate, resolve_device, summarize_history,
-                                              train_members)
+from attnopt.experiments.vision.train import (DeviceImages, Member, evaluate, resolve_device, resolve_precision,
+                                              summarize_history, train_members)
 from attnopt.models.vit import EnsembleViT
 from attnopt.report.imdb_figures import epoch_curves_figure
 from attnopt.report.runs import RunDir, as_run_dir, is_complete, open_run_dir, read_summary
@@ -135,7 +135,9 @@ def run_vision(config: VisionConfig | Mapping | None = None, *, out: "str | os.P
         for group in _groups(cfg, todo):
             model = train_members(cfg, group, data, device, progress, total)
             test = test or DeviceImages(data.test, data, cfg.model_config().image_size, device)
-            pruned = pruning_curves(model, lambda mdl: evaluate(mdl, test, cfg.eval_batch_size)[1], cfg.prune_levels)
+            precision = resolve_precision(cfg.precision, device)
+            pruned = pruning_curves(model, lambda mdl: evaluate(mdl, test, cfg.eval_batch_size, precision)[1],
+                                    cfg.prune_levels)
             init = EnsembleViT(cfg.model_config(), [m.seed for m in group])  # the weights training started from
             for k, m in enumerate(group):
                 s = _member_summary(cfg, m.history, weight_stats(model, k, cfg.threshold, cfg.near_zero),

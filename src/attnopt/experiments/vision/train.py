@@ -18,6 +18,7 @@ command resumes from the checkpoints bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -123,8 +124,23 @@ def _augmentation(cfg: VisionConfig, members: list[Member], batch: int, device: 
     return torch.stack(flips).to(device), torch.stack(offsets).to(device), pad
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on CUDA, fp32 elsewhere."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward pass's autocast: bf16 matrix products (weights, optimiser state and the loss stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.no_grad()
-def evaluate(model: EnsembleViT, split: DeviceImages, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(model: EnsembleViT, split: DeviceImages, batch_size: int,
+             precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Per member (mean cross-entropy, accuracy) on ``split`` in eval mode (NaN when empty)."""
     E = model.members
     if split.n == 0:
@@ -135,7 +151,8 @@ def evaluate(model: EnsembleViT, split: DeviceImages, batch_size: int) -> tuple[
     correct = torch.zeros(E, dtype=torch.float64, device=split.labels.device)
     for b in range(0, split.n, batch_size):
         x, y = split.batch(torch.arange(b, min(b + batch_size, split.n), device=split.labels.device))
-        logits = model(x)
+        with autocast(split.labels.device, precision):
+            logits = model(x).float()
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(E), reduction="none")
         loss += ce.reshape(E, -1).sum(1).double()
         correct += (logits.argmax(-1) == y).sum(1).double()
@@ -237,6 +254,7 @@ def train_members(cfg: VisionConfig, members: list[Member], data: ImageData, dev
     val = DeviceImages(data.val, data, mcfg.image_size, device)
     test = DeviceImages(data.test, data, mcfg.image_size, device)
     dropout = MemberDropout([m.drop_gen for m in members])
+    precision = resolve_precision(cfg.precision, device)
     n_steps = steps_per_epoch(train.n, cfg.batch_size)
     total = total if total is not None else (cfg.epochs - start) * n_steps * len(members)
     for epoch in range(start, cfg.epochs):
@@ -247,7 +265,8 @@ def train_members(cfg: VisionConfig, members: list[Member], data: ImageData, dev
         for step in range(n_steps):
             idx = perms[:, step * cfg.batch_size:(step + 1) * cfg.batch_size]
             x, y = train.batch(idx, _augmentation(cfg, members, idx.shape[1], device))
-            logits = model(x, dropout)
+            with autocast(device, precision):
+                logits = model(x, dropout).float()
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none")
             losses = ce.reshape(len(members), -1).mean(1)
             losses.sum().backward()
@@ -263,8 +282,8 @@ def train_members(cfg: VisionConfig, members: list[Member], data: ImageData, dev
             raise NonFiniteLoss(f"non-finite training loss at epoch {epoch + 1} for seed(s) {bad}; the last "
                                 "checkpoints are kept. Lower --lr (or use --overwrite to start over)")
         t_train = time.perf_counter() - t0
-        val_loss, val_acc = evaluate(model, val, cfg.eval_batch_size)
-        test_loss, test_acc = evaluate(model, test, cfg.eval_batch_size)
+        val_loss, val_acc = evaluate(model, val, cfg.eval_batch_size, precision)
+        test_loss, test_acc = evaluate(model, test, cfg.eval_batch_size, precision)
         for k, m in enumerate(members):
             m.epoch = epoch + 1
             m.history.append({
@@ -301,4 +320,4 @@ def summarize_history(history: Sequence[dict]) -> dict[str, Any]:
 
 
 __all__ = ["train_members", "Member", "evaluate", "random_crop_flip", "make_optimizer", "summarize_history", "NonFiniteLoss",
-           "DeviceImages", "resolve_device", "CHECKPOINT"]
+           "DeviceImages", "resolve_device", "resolve_precision", "autocast", "CHECKPOINT"]
