@@ -17,7 +17,8 @@ SMALL = ViTConfig(image_size=8, channels=3, patch=2, width=16, depth=2, heads=4,
 
 def test_authors_shape_and_config_checks():
     cfg = ViTConfig()
-    assert (cfg.image_size, cfg.patch, cfg.width, cfg.depth, cfg.heads, cfg.mlp, cfg.dropout) == (48, 4, 512, 6, 8, 512, 0.1)
+    shape = (cfg.image_size, cfg.patch, cfg.width, cfg.depth, cfg.heads, cfg.mlp, cfg.dropout)
+    assert shape == (48, 4, 512, 6, 8, 512, 0.1)
     assert cfg.n_patches == 144
     m = EnsembleViT(cfg.replace(depth=1), seeds=[0])
     assert m(torch.randn(2, 3, 48, 48)).shape == (1, 2, 10)

@@ -24,7 +24,8 @@ def _same_history(ha: list[dict], hb: list[dict]) -> None:
     """Every epoch: accuracies equal, losses within 1e-4 relative."""
     assert len(ha) == len(hb)
     for ra, rb in zip(ha, hb):
-        assert [ra[k] for k in ("train_acc", "val_acc", "test_acc")] == [rb[k] for k in ("train_acc", "val_acc", "test_acc")]
+        for k in ("train_acc", "val_acc", "test_acc"):
+            assert ra[k] == rb[k], k
         for k in ("train_loss", "val_loss", "test_loss"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-4), k
 

@@ -41,7 +41,8 @@ def _table(res):
                   " / ".join(fmt(w[k]["max_abs"]) for k in "QKV"))
     if len(res.members) > 1:
         t.add_row(f"mean (n={s['honest_test_acc'][2]})",
-                  *(fmt(100 * s[k][0], 100 * s[k][1], 2) for k in ("honest_test_acc", "best_test_acc", "last_test_acc")),
+                  *(fmt(100 * s[k][0], 100 * s[k][1], 2)
+                    for k in ("honest_test_acc", "best_test_acc", "last_test_acc")),
                   " / ".join(fmt(s["weights"][k]["frac_near_zero"][0]) for k in "QKV"),
                   " / ".join(fmt(s["weights"][k]["above_threshold"][0], digits=1) for k in "QKV"),
                   " / ".join(fmt(s["weights"][k]["max_abs"][0]) for k in "QKV"))

@@ -145,5 +145,6 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-__all__ = ["VisionConfig", "OPTIMIZERS", "AUGMENTATIONS", "DEFAULT_LR", "DEFAULT_IMAGE_SIZE", "THRESHOLD", "PRUNE_LEVELS",
+__all__ = ["VisionConfig", "OPTIMIZERS", "AUGMENTATIONS", "DEFAULT_LR", "DEFAULT_IMAGE_SIZE", "THRESHOLD",
+           "PRUNE_LEVELS",
            "steps_per_epoch"]

@@ -209,7 +209,8 @@ def run_compare(paths: Sequence["str | os.PathLike"], *, out: "str | os.PathLike
     first = read_summary(Path(paths[0]))["weights"]["Q"]
     header = ["optimizer", "dataset", "epochs", "n", "test acc % at best val", "best test acc % (paper's)",
               "last test acc %", *(f"{t}: frac \\|w\\|<{first['near_zero']:g}" for t in "QKV"),
-              *(f"{t}: #\\|w\\|>{first['threshold']:g}" for t in "QKV"), "max \\|w\\| (Q,K,V)", "test acc % after pruning"]
+              *(f"{t}: #\\|w\\|>{first['threshold']:g}" for t in "QKV"), "max \\|w\\| (Q,K,V)",
+              "test acc % after pruning"]
     table = markdown_table(header, rows) + "\n\nmean ± sample std over seeds (n seeds)."
     rd = as_run_dir(out, {"runs": [str(p) for p in paths]}, experiment=COMPARE)
     if rd is not None:

@@ -319,5 +319,6 @@ def summarize_history(history: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-__all__ = ["train_members", "Member", "evaluate", "random_crop_flip", "make_optimizer", "summarize_history", "NonFiniteLoss",
+__all__ = ["train_members", "Member", "evaluate", "random_crop_flip", "make_optimizer", "summarize_history",
+           "NonFiniteLoss",
            "DeviceImages", "resolve_device", "resolve_precision", "autocast", "CHECKPOINT"]
