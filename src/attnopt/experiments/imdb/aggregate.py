@@ -236,6 +236,10 @@ def mean_histograms(agg: Aggregate, size: int | None = None) -> tuple[np.ndarray
     return edges, out
 
 
+def e3_csv_rows(agg: Aggregate) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "paper"} | {"paper": r["paper"] and list(r["paper"])} for r in agg.e3]
+
+
 def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
     """tables.md, e3/e4/e5/e5_pairs.csv, learning_curves.png and weight_histograms.png in ``folder``."""
     from attnopt.experiments.imdb.records import MATRIX_TYPES
@@ -244,8 +248,7 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
 
     rd = RunDir(folder)
     paths = [rd.write_text("tables.md", "# Aggregated campaign tables\n\n" + agg.markdown() + "\n")]
-    paths.append(rd.write_csv("e3.csv", rows=[{k: v for k, v in r.items() if k != "paper"}
-                                              | {"paper": r["paper"] and list(r["paper"])} for r in agg.e3]))
+    paths.append(rd.write_csv("e3.csv", rows=e3_csv_rows(agg)))
     paths.append(rd.write_csv("e4.csv", rows=[{k: v for k, v in r.items() if k != "pruning"}
                                               | {f"pruned_{lv:g}_acc_mean": m for lv, (m, _) in r["pruning"].items()}
                                               for r in agg.e4]))
@@ -260,5 +263,5 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Aggregate", "aggregate", "write_tables", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
+__all__ = ["Aggregate", "aggregate", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
            "mean_histograms", "E5_PAPER"]

@@ -76,10 +76,14 @@ class CampaignResult:
     failed: list[str] = field(default_factory=list)        # trials stopped by a non-finite loss
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    missing: int = 0                                      # distinct trials not yet recorded
 
-    @property
-    def missing(self) -> int:
-        return sum(r["missing"] for r in self.status)
+
+def count_missing(plan: Plan, complete: dict) -> int:
+    """Distinct planned trials without a complete record (a cell waiting for its sweep counts
+    all its seeds)."""
+    waiting = sum(len(c.seeds) for c in plan.cells if c.lr_sweep is not None and not c.trials)
+    return waiting + sum(1 for t in plan.trials() if t.key not in complete)
 
 
 def complete_records(results: Path | None) -> dict[str, dict]:
@@ -94,9 +98,11 @@ def complete_records(results: Path | None) -> dict[str, dict]:
 
 
 def plan_status(plan: Plan, complete: dict[str, dict], sweeps: dict[str, dict]) -> list[dict]:
+    owner = {t.key: t.cell for t in plan.trials()}
     rows = []
     for c in plan.cells:
         done = [t for t in c.trials if t.key in complete]
+        shared = sorted({owner[t.key] for t in c.trials if owner[t.key] != c.name})
         waiting = c.lr_sweep is not None and not c.trials
         planned = len(c.seeds)
         rows.append({"cell": c.name, "group": c.group, "planned": planned, "complete": len(done),
@@ -104,6 +110,7 @@ def plan_status(plan: Plan, complete: dict[str, dict], sweeps: dict[str, dict]) 
                      "missing_seeds": [t.config.seed for t in c.trials if t.key not in complete] if c.trials
                      else list(c.seeds),
                      "waiting_for": f"sweep {c.lr_sweep}" if waiting else None,
+                     "same_trials_as": shared,
                      "lr": sweeps[c.name]["lr"] if c.name in sweeps else (c.trials[0].config.resolved_lr()
                                                                           if c.trials else None)})
     return rows
@@ -149,8 +156,8 @@ def schedule(plan: Plan, pending: list[Trial], complete: dict, work: Path) -> li
     buckets: dict[str, list[Trial]] = {}
     for t in left.values():
         buckets.setdefault(_shared_key(t.config), []).append(t)
-    size = plan.campaign["max_members"]
     for trials in buckets.values():
+        size = plan.campaign["max_members_by_size"].get(trials[0].config.size, plan.campaign["max_members"])
         groups += [(trials[i:i + size], None) for i in range(0, len(trials), size)]
     return groups
 
@@ -192,7 +199,7 @@ def run_campaign(config: CampaignConfig | dict, *, out: str | Path | None = None
     sweeps = resolve_sweeps(plan, complete)
     pending = [t for t in plan.trials() if t.key not in complete
                and (not cfg.only or any(t.cell.startswith(o) for o in cfg.only))]
-    res = CampaignResult(results, plan_status(plan, complete, sweeps))
+    res = CampaignResult(results, plan_status(plan, complete, sweeps), missing=count_missing(plan, complete))
     if results is None or cfg.dry_run or not pending:
         return res
     for t in pending:
@@ -213,6 +220,7 @@ def run_campaign(config: CampaignConfig | dict, *, out: str | Path | None = None
         split_data = data if data is not None else _load(members[0], loaded, data_root, cache, progress)
         _train_group(ens, trials, folder, deadline, split_data, plan, results, complete, res, progress, data_root)
     res.status = plan_status(plan, complete, resolve_sweeps(plan, complete))
+    res.missing = count_missing(plan, complete)
     res.elapsed_s = time.monotonic() - t0
     return res
 

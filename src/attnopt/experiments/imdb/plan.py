@@ -41,7 +41,7 @@ from pathlib import Path
 from attnopt.config import ConfigError, check_choice, check_float, check_int
 from attnopt.experiments.imdb.config import TrainConfig
 
-CAMPAIGN_KEYS = {"max_members": 8, "prune_levels": (0.0, 0.5, 0.9), "prune_split": "test"}
+CAMPAIGN_KEYS = {"max_members": 8, "max_members_by_size": {}, "prune_levels": (0.0, 0.5, 0.9), "prune_split": "test"}
 CELL_ONLY = {"name", "seeds", "init_seed", "init_seeds", "lr", "optimizer", "p", "seed"}
 SWEEP_PREFIX = "sweep:"
 
@@ -98,8 +98,9 @@ class Plan:
 
 
 def identity_key(cfg: TrainConfig) -> str:
-    """A short stable hash of the trial's identity (the fields a resume may not change)."""
-    blob = json.dumps(cfg.identity(), sort_keys=True, default=str)
+    """A short stable hash of the trial's identity (the fields a resume may not change) and its
+    epoch limit (a 20-epoch sweep trial is not a trial run to the stop rule)."""
+    blob = json.dumps(cfg.identity() | {"max_epochs": cfg.max_epochs}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -176,8 +177,8 @@ def _trials(cell: Cell, lr: float | None) -> list[Trial]:
         if lr is not None:
             extra["lr"] = lr
         cfg = TrainConfig.from_dict(cell.base, **extra)
-        try:
-            cfg.resolved_lr()
+        try:  # the defaults written out, so that the same run always has the same identity
+            cfg = cfg.replace(lr=cfg.resolved_lr(), init_seed=cfg.resolved_init_seed())
         except ConfigError as exc:
             raise _fail(cell.name, str(exc)) from None
         out.append(Trial(cfg, cell.name))
@@ -196,6 +197,13 @@ def parse_plan(data: dict, path: Path | None = None) -> Plan:
         raise _fail("campaign", f"unknown key(s) {', '.join(extra)}")
     camp |= data.get("campaign", {})
     camp["max_members"] = check_int("plan campaign", "max_members", camp["max_members"], 1)
+    if not isinstance(camp["max_members_by_size"], dict):
+        raise _fail("campaign", "max_members_by_size must be a table {size = members}")
+    try:
+        camp["max_members_by_size"] = {int(k): check_int("plan campaign", "max_members_by_size", v, 1)
+                                       for k, v in camp["max_members_by_size"].items()}
+    except ValueError:
+        raise _fail("campaign", "max_members_by_size: keys are model sizes (integers)") from None
     camp["prune_levels"] = tuple(check_float("plan campaign", "prune_levels", v, ge=0.0, lt=1.0)
                                  for v in _as_list(camp["prune_levels"]))
     check_choice("plan campaign", "prune_split", camp["prune_split"], ("val", "test"))
