@@ -308,4 +308,5 @@ def test_work_folders_of_other_plans_are_left_alone(tmp_path):
                                                                              "names": ["x"]}}))
     groups = schedule(plan, plan.trials(), {}, work)
     assert sorted(len(g) for g, _ in groups) == [1, 4] and all(n is None for _, n in groups)
+    assert sorted(len(g) for g, _ in schedule(plan, plan.trials(), {}, work, max_members=2)) == [1, 2, 2]
     shutil.rmtree(work)

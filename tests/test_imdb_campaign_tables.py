@@ -116,11 +116,12 @@ def test_campaign_command_wiring(tmp_path, monkeypatch):
     monkeypatch.setattr(campaign_mod, "run_campaign", fake)
     plan = tmp_path / "plan.toml"
     res = runner.invoke(app, ["imdb", "campaign", str(plan), "--budget", "30", "--results", str(tmp_path / "r"),
-                              "--work", str(tmp_path / "w"), "--only", "paper-s3", "--device", "cpu", "--no-progress"])
+                              "--work", str(tmp_path / "w"), "--only", "paper-s3", "--device", "cpu", "--max-members", "3",
+                              "--compile", "--no-progress"])
     assert res.exit_code == 0, res.output
     cfg = seen["cfg"]
-    assert (cfg.plan, cfg.budget, cfg.work, cfg.only, cfg.device, cfg.dry_run) == (
-        str(plan), 30.0, str(tmp_path / "w"), ("paper-s3",), "cpu", False)
+    assert (cfg.plan, cfg.budget, cfg.work, cfg.only, cfg.device, cfg.max_members, cfg.compile, cfg.dry_run) == (
+        str(plan), 30.0, str(tmp_path / "w"), ("paper-s3",), "cpu", 3, True, False)
     assert seen["out"] == tmp_path / "r" and "| c | cell | 0.001 | 1 / 2 | 4 | – |" in res.stdout
     assert "1 trial(s) still missing" in res.stdout
 
@@ -128,6 +129,7 @@ def test_campaign_command_wiring(tmp_path, monkeypatch):
 @pytest.mark.parametrize("args, part", [
     (["--budget", "0"], "budget"),
     (["--budget", "-5"], "budget"),
+    (["--max-members", "0"], "max_members"),
 ])
 def test_campaign_bad_options_are_one_line_errors(tmp_path, args, part):
     res = runner.invoke(app, ["imdb", "campaign", str(tmp_path / "plan.toml"), "--no-progress", *args])

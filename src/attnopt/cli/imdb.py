@@ -213,6 +213,7 @@ def campaign(
     device: Annotated[Optional[str], typer.Option(help="override the plan's device (auto, cpu, cuda)")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
                                                     help="override the plan's torch.compile setting")] = None,
+    max_members: Annotated[Optional[int], typer.Option(help="trials per process (overrides the plan's)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what is complete and what is missing "
                                                             "per cell")] = False,
     progress: ProgressOpt = True, data: DataOpt = None, cache: CacheOpt = None,
@@ -224,7 +225,8 @@ def campaign(
 
     with guard():
         cfg = CampaignConfig(plan=str(plan), budget=budget, work=None if work is None else str(work),
-                             only=tuple(only or ()), device=device, compile=compile, dry_run=dry_run)
+                             only=tuple(only or ()), device=device, compile=compile, max_members=max_members,
+                             dry_run=dry_run)
     with guard(results, resumable=True), progress_bars(progress and not dry_run) as cb:
         res = run_campaign(cfg, out=results, progress=cb, data_root=data, cache=cache)
     typer.echo(_status_table(res.status))

@@ -89,6 +89,8 @@ def score_probe(model: EncoderClassifier, reviews: Sequence[ProbeReview] | None 
     ``(a_w − min a) / (max a − min a)`` where the min and max run over every token
     (``over="all"``) or, as in the authors' notebook, over the tokens without [CLS] and [SEP]
     (``over="content"``); a word split into pieces scores the maximum over its pieces."""
+    if over not in ("all", "content"):
+        raise ValueError(f"score_probe: over must be 'all' or 'content', got {over!r}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(data_root)
     reviews = list(reviews) if reviews is not None else probe_reviews()
     rows = []

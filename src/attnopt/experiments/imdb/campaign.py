@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from attnopt.config import ConfigMixin, check_bool, check_float, check_sequence, config_error
+from attnopt.config import ConfigMixin, check_bool, check_float, check_int, check_sequence, config_error
 from attnopt.experiments.imdb.config import MEMBER_FIELDS, RESUME_MUTABLE, EnsembleConfig, TrainConfig
 from attnopt.experiments.imdb.engine import STOP_FILE
 from attnopt.experiments.imdb.plan import Plan, PlanError, Trial, identity_key, load_plan, resolve_sweeps
@@ -43,7 +43,8 @@ WORK_EXPERIMENT = "imdb-ensemble"
 class CampaignConfig(ConfigMixin):
     """``plan`` (TOML path), ``budget`` (seconds of training), ``work`` (checkpoints of trials in
     progress; default ``runs/campaign-work``), ``only`` (cell-name prefixes), ``device`` and
-    ``compile`` (override the plan's: they do not change a trial's identity), ``dry_run``."""
+    ``compile`` (override the plan's: they do not change a trial's identity), ``max_members``
+    (overrides the plan's ensemble sizes), ``dry_run``."""
 
     plan: str = ""
     budget: float = 480.0
@@ -51,6 +52,7 @@ class CampaignConfig(ConfigMixin):
     only: tuple = ()
     device: str | None = None
     compile: bool | None = None
+    max_members: int | None = None
     dry_run: bool = False
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class CampaignConfig(ConfigMixin):
         check_bool(self, "dry_run", self.dry_run)
         if self.compile is not None:
             check_bool(self, "compile", self.compile)
+        if self.max_members is not None:
+            object.__setattr__(self, "max_members", check_int(self, "max_members", self.max_members, 1))
 
     def work_dir(self) -> Path:
         return Path(self.work) if self.work else Path("runs") / "campaign-work"
@@ -138,9 +142,11 @@ def _stored_ensemble(folder: Path) -> tuple[list[str], list[str]] | None:
         return None
 
 
-def schedule(plan: Plan, pending: list[Trial], complete: dict, work: Path) -> list[tuple[list[Trial], tuple | None]]:
+def schedule(plan: Plan, pending: list[Trial], complete: dict, work: Path,
+             max_members: int | None = None) -> list[tuple[list[Trial], tuple | None]]:
     """Ensembles to train, in order: (trials, names or None). Ensembles left in ``work`` whose
-    members are all in the plan and some still missing come first, as they were."""
+    members are all in the plan and some still missing come first, as they were; the rest are
+    grouped by what members must share, at most ``max_members`` (default: the plan's) each."""
     by_key = {t.key: t for t in plan.trials()}
     left = {t.key: t for t in pending}
     groups: list[tuple[list[Trial], tuple | None]] = []
@@ -157,7 +163,8 @@ def schedule(plan: Plan, pending: list[Trial], complete: dict, work: Path) -> li
     for t in left.values():
         buckets.setdefault(_shared_key(t.config), []).append(t)
     for trials in buckets.values():
-        size = plan.campaign["max_members_by_size"].get(trials[0].config.size, plan.campaign["max_members"])
+        size = max_members or plan.campaign["max_members_by_size"].get(trials[0].config.size,
+                                                                       plan.campaign["max_members"])
         groups += [(trials[i:i + size], None) for i in range(0, len(trials), size)]
     return groups
 
@@ -210,7 +217,7 @@ def run_campaign(config: CampaignConfig | dict, *, out: str | Path | None = None
     deadline = t0 + cfg.budget
     overrides = {k: v for k, v in (("device", cfg.device), ("compile", cfg.compile)) if v is not None}
     loaded: dict = {}
-    for trials, names in schedule(plan, pending, complete, work):
+    for trials, names in schedule(plan, pending, complete, work, cfg.max_members):
         if time.monotonic() >= deadline:
             res.in_progress += [f"{t.cell}/{t.name}" for t in trials if t.key not in complete]
             continue
