@@ -12,6 +12,7 @@ from attnopt.cli import app
 from attnopt.experiments.imdb.aggregate import aggregate, t_interval
 from attnopt.experiments.imdb.records import HIST_EDGES, RECORD_FILES, find_records
 from attnopt.report.runs import RunDir
+from imdb_fixtures import HAVE_DATA
 
 runner = CliRunner()
 
@@ -155,3 +156,56 @@ def test_campaign_dry_run_on_the_plan_of_record_lists_every_cell(tmp_path):
     assert "| sst2-honest-s3-adam | cell | – | 0 / 5 | sweep sst2-lr |" in res.stdout
     assert "| e4-s6-matched-p2 | cell | 0.001 | 0 / 5 | 0, 1, 2, 3, 4 | paper-s6-p2 |" in res.stdout
     assert not (tmp_path / "empty").exists()
+
+
+def test_campaign_interrupted_says_what_is_kept(tmp_path, monkeypatch):
+    from attnopt.experiments.imdb import campaign as campaign_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(campaign_mod, "run_campaign", interrupted)
+    res = runner.invoke(app, ["imdb", "campaign", str(tmp_path / "plan.toml"), "--results", str(tmp_path / "r"),
+                              "--work", str(tmp_path / "w"), "--no-progress"])
+    assert res.exit_code == 130
+    assert res.stderr.startswith("error: interrupted;") and str(tmp_path / "w") in res.stderr
+    assert "resumes them" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.skipif(not HAVE_DATA, reason="shared data folder not available")
+def test_campaign_then_table_end_to_end_on_a_real_subset(tmp_path):
+    """The command line alone: the plan's data loaded from the shared folder (a 120-sentence
+    SST-2 subset), two trials in one ensemble, records, then the aggregated table."""
+    plan = tmp_path / "plan.toml"
+    plan.write_text("""
+[campaign]
+prune_levels = [0.0, 0.9]
+[defaults]
+dataset = "sst2"
+subset = 120
+eval_subset = 40
+max_len = 32
+n_embd = 32
+n_hidden = 64
+batch_size = 20
+device = "cpu"
+max_epochs = 2
+[[cell]]
+name = "cli"
+protocol = "honest"
+size = 1
+optimizer = "md"
+p = [1.1, 2.0]
+lr = 1e-2
+seeds = [0]
+""")
+    results = tmp_path / "results"
+    args = ["imdb", "campaign", str(plan), "--budget", "120", "--results", str(results), "--work", str(tmp_path / "w"),
+            "--cache", str(tmp_path / "cache"), "--no-progress"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "2 new record(s); 0 trial(s) still missing" in res.stdout
+    res = runner.invoke(app, ["imdb", "table", str(results)])
+    assert res.exit_code == 0, res.output
+    assert "| cli-p1.1 | sst2 | honest | 1 | MD p=1.1 | 0.01 | 1 |" in res.stdout
+    assert "| cli-p1.1 | cli-p2 | authors | 1 |" in res.stdout

@@ -227,8 +227,12 @@ def campaign(
         cfg = CampaignConfig(plan=str(plan), budget=budget, work=None if work is None else str(work),
                              only=tuple(only or ()), device=device, compile=compile, max_members=max_members,
                              dry_run=dry_run)
-    with guard(results, resumable=True), progress_bars(progress and not dry_run) as cb:
-        res = run_campaign(cfg, out=results, progress=cb, data_root=data, cache=cache)
+    with guard(), progress_bars(progress and not dry_run) as cb:
+        try:
+            res = run_campaign(cfg, out=results, progress=cb, data_root=data, cache=cache)
+        except KeyboardInterrupt:
+            raise fail(f"interrupted; the complete records stay in {results / 'records'} and the trials in progress "
+                       f"keep their last checkpoint in {cfg.work_dir()}: the same command resumes them", 130) from None
     typer.echo(_status_table(res.status))
     con = console()
     for label, items in (("recorded", [str(p) for p in res.recorded]), ("stopped by the budget (resumable)",
