@@ -220,15 +220,9 @@ def test_campaign_records_every_trial_small_and_complete_then_skips_them(easy_da
     assert again.recorded == [] and again.missing == 0
 
 
-@needs_data
-def test_a_trial_stopped_by_the_budget_keeps_its_checkpoint_outside_the_records_and_resumes_bit_identically(
-        easy_data, tmp_path, monkeypatch):
-    text = TINY_PLAN.replace("max_epochs = 3", "max_epochs = 4").split("[[cell]]\nname = \"tiny-adam\"")[0]
-    plan = _plan(tmp_path, text)
-    whole = run_campaign(_cfg(plan, tmp_path, work="w1"), out=tmp_path / "whole", data=easy_data)
-    assert len(whole.recorded) == 4
-
-    # a clock that jumps past the deadline once the first training step has been taken
+def _jump_clock(monkeypatch):
+    """The campaign's clock jumps past any deadline once the first training step has been
+    taken; returns the progress function that sees the step."""
     state = {"jumped": False}
     real = time.monotonic
 
@@ -237,14 +231,33 @@ def test_a_trial_stopped_by_the_budget_keeps_its_checkpoint_outside_the_records_
         def monotonic():
             return real() + (1e6 if state["jumped"] else 0.0)
 
-        sleep = staticmethod(time.sleep)
-
     def progress(label, advance, total):
         if label == "steps" and not state["jumped"]:
             state["jumped"] = True
             time.sleep(0.5)  # the deadline watcher puts the STOP file down before the epoch ends
 
     monkeypatch.setattr(campaign_mod, "time", Clock)
+    return progress
+
+
+@needs_data
+def test_a_spent_budget_starts_no_further_ensemble(easy_data, tmp_path, monkeypatch):
+    plan = _plan(tmp_path)
+    res = run_campaign(_cfg(plan, tmp_path) | {"max_members": 2}, out=tmp_path / "res", data=easy_data,
+                       progress=_jump_clock(monkeypatch))
+    assert res.recorded == [] and len(res.in_progress) == 2 and len(res.not_started) == 3 and res.missing == 5
+    assert len(list((tmp_path / "work").glob("ens-*"))) == 1
+
+
+@needs_data
+def test_a_trial_stopped_by_the_budget_keeps_its_checkpoint_outside_the_records_and_resumes_bit_identically(
+        easy_data, tmp_path, monkeypatch):
+    text = TINY_PLAN.replace("max_epochs = 3", "max_epochs = 4").split("[[cell]]\nname = \"tiny-adam\"")[0]
+    plan = _plan(tmp_path, text)
+    whole = run_campaign(_cfg(plan, tmp_path, work="w1"), out=tmp_path / "whole", data=easy_data)
+    assert len(whole.recorded) == 4
+
+    progress = _jump_clock(monkeypatch)
     cut = run_campaign(_cfg(plan, tmp_path, work="w2"), out=tmp_path / "cut", data=easy_data, progress=progress)
     assert cut.recorded == [] and len(cut.in_progress) == 4 and cut.missing == 4
     assert not (tmp_path / "cut" / "records").exists()

@@ -235,8 +235,9 @@ def campaign(
                        f"keep their last checkpoint in {cfg.work_dir()}: the same command resumes them", 130) from None
     typer.echo(_status_table(res.status))
     con = console()
-    for label, items in (("recorded", [str(p) for p in res.recorded]), ("stopped by the budget (resumable)",
-                                                                        res.in_progress), ("failed", res.failed)):
+    for label, items in (("recorded", [str(p) for p in res.recorded]),
+                         ("stopped by the budget (resumable)", res.in_progress),
+                         ("not started (budget spent)", res.not_started), ("failed", res.failed)):
         for item in items:
             con.print(f"{label}: {item}", highlight=False, markup=False)
     for note in res.notes:

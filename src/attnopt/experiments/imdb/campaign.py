@@ -77,6 +77,7 @@ class CampaignResult:
     status: list[dict]                 # per cell: planned, complete, missing, waiting
     recorded: list[Path] = field(default_factory=list)
     in_progress: list[str] = field(default_factory=list)   # trials stopped by the budget (resumable)
+    not_started: list[str] = field(default_factory=list)   # trials the budget left no time for
     failed: list[str] = field(default_factory=list)        # trials stopped by a non-finite loss
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
@@ -219,7 +220,7 @@ def run_campaign(config: CampaignConfig | dict, *, out: str | Path | None = None
     loaded: dict = {}
     for trials, names in schedule(plan, pending, complete, work, cfg.max_members):
         if time.monotonic() >= deadline:
-            res.in_progress += [f"{t.cell}/{t.name}" for t in trials if t.key not in complete]
+            res.not_started += [f"{t.cell}/{t.name}" for t in trials if t.key not in complete]
             continue
         members = tuple(t.config.replace(**overrides) if overrides else t.config for t in trials)
         ens = EnsembleConfig(members=members, names=names)
