@@ -264,10 +264,13 @@ def test_a_trial_stopped_by_the_budget_keeps_its_checkpoint_outside_the_records_
     (folder,) = (tmp_path / "w2").glob("ens-*")
     assert (folder / "p1.1-init0-seed0" / "checkpoint.pt").is_file() and not (folder / "STOP").exists()
     assert json.loads((folder / "p1.1-init0-seed0" / "summary.json").read_text())["epochs"] == 1
+    first_epoch = compact_history(folder / "p1.1-init0-seed0" / "history.csv").splitlines()[1]
 
     monkeypatch.setattr(campaign_mod, "time", time)
     done = run_campaign(_cfg(plan, tmp_path, work="w2"), out=tmp_path / "cut", data=easy_data)
     assert len(done.recorded) == 4 and done.missing == 0
+    resumed = tmp_path / "cut" / "records" / "tiny-p1.1" / "seed0-init0" / "history.csv"
+    assert resumed.read_text().splitlines()[1] == first_epoch  # epoch 1 (its timings too) was not trained again
     for a in whole.recorded:
         b = tmp_path / "cut" / a.relative_to(tmp_path / "whole")
         assert (a / "history.csv").read_text().splitlines()[0] == (b / "history.csv").read_text().splitlines()[0]
