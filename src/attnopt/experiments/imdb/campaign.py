@@ -32,11 +32,10 @@ from attnopt.config import ConfigMixin, check_bool, check_float, check_int, chec
 from attnopt.experiments.imdb.config import MEMBER_FIELDS, RESUME_MUTABLE, EnsembleConfig, TrainConfig
 from attnopt.experiments.imdb.engine import STOP_FILE
 from attnopt.experiments.imdb.plan import Plan, PlanError, Trial, identity_key, load_plan, resolve_sweeps
-from attnopt.experiments.imdb.records import find_records, record_complete
+from attnopt.experiments.imdb.records import find_records
 from attnopt.runtime import ProgressFn, report
 
 FINISHED = ("target_train_acc", "max_epochs")
-WORK_EXPERIMENT = "imdb-ensemble"
 
 
 @dataclass(frozen=True)
@@ -284,4 +283,4 @@ def _train_group(ens: EnsembleConfig, trials: list[Trial], folder: Path, deadlin
 
 
 __all__ = ["CampaignConfig", "CampaignResult", "run_campaign", "plan_status", "complete_records", "schedule",
-           "record_complete"]
+           "count_missing"]
