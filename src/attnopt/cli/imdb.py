@@ -1,7 +1,9 @@
 """``attnopt imdb …``: the IMDB / SST-2 experiments (E3–E6) from the command line.
 
 Commands: ``prepare`` (tokenise and cache), ``train`` (one run, or several seeds / p values
-trained together as an ensemble), ``table`` (E3/E6), ``sparsity`` (E4), ``attention-map`` (E5).
+trained together as an ensemble), ``campaign`` (the plan's missing trials within a time budget,
+into small committed records), ``table`` (E3/E6 of run folders, or the aggregated E3/E4/E5 tables
+of a campaign's records), ``sparsity`` (E4), ``attention-map`` (E5).
 """
 
 from __future__ import annotations
@@ -198,18 +200,90 @@ def _summary_table(results):
 
 
 @app.command()
-def table(
-    runs: Annotated[List[Path], typer.Argument(help="run folders (or folders containing runs)")],
-    out: Annotated[Optional[Path], typer.Option(help="also write the markdown table to this file")] = None,
-    csv: Annotated[Optional[Path], typer.Option(help="also write the rows as CSV to this file")] = None,
-    figure: Annotated[Optional[Path], typer.Option(
-        help="also draw train/validation/test accuracy per epoch of every run into this PNG")] = None,
+def campaign(
+    plan: Annotated[Path, typer.Argument(help="the plan (TOML), e.g. results/imdb/plan.toml")],
+    budget: Annotated[float, typer.Option(help="seconds of training; then every trial in progress stops after its "
+                                                "epoch and keeps its checkpoint in --work")] = 480.0,
+    results: Annotated[Path, typer.Option(help="the results folder: complete trials are skipped, new records go to "
+                                                "RESULTS/records")] = Path("results/imdb"),
+    work: Annotated[Optional[Path], typer.Option(
+        help="checkpoints of trials in progress (outside the records; default runs/campaign-work)")] = None,
+    only: Annotated[Optional[List[str]], typer.Option(help="train only cells whose name starts with this "
+                                                           "(repeatable)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="override the plan's device (auto, cpu, cuda)")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
+                                                    help="override the plan's torch.compile setting")] = None,
+    max_members: Annotated[Optional[int], typer.Option(help="trials per process (overrides the plan's)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what is complete and what is missing "
+                                                            "per cell")] = False,
+    progress: ProgressOpt = True, data: DataOpt = None, cache: CacheOpt = None,
 ) -> None:
-    """The E3/E6 table: mean ± std over seeds, honest and paper-style numbers beside the paper's."""
-    from attnopt.experiments.imdb import format_table, results_table, run_histories
+    """Train the plan's missing trials as ensembles until the budget is spent; each finished trial
+    leaves a small record (config, history, summary, E4 statistics, E5 scores; no checkpoint)."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.imdb.campaign import CampaignConfig, run_campaign
+
+    with guard():
+        cfg = CampaignConfig(plan=str(plan), budget=budget, work=None if work is None else str(work),
+                             only=tuple(only or ()), device=device, compile=compile, max_members=max_members,
+                             dry_run=dry_run)
+    with guard(), progress_bars(progress and not dry_run) as cb:
+        try:
+            res = run_campaign(cfg, out=results, progress=cb, data_root=data, cache=cache)
+        except KeyboardInterrupt:
+            raise fail(f"interrupted; the complete records stay in {results / 'records'} and the trials in progress "
+                       f"keep their last checkpoint in {cfg.work_dir()}: the same command resumes them", 130) from None
+    typer.echo(_status_table(res.status))
+    con = console()
+    for label, items in (("recorded", [str(p) for p in res.recorded]),
+                         ("stopped by the budget (resumable)", res.in_progress),
+                         ("not started (budget spent)", res.not_started), ("failed", res.failed)):
+        for item in items:
+            con.print(f"{label}: {item}", highlight=False, markup=False)
+    for note in res.notes:
+        con.print(note, highlight=False, markup=False)
+    con.print(f"{len(res.recorded)} new record(s); {res.missing} trial(s) still missing", highlight=False)
+    if not dry_run:
+        finish(con, results, t0, "IMDB campaign")
+    if res.failed:
+        raise fail(f"{len(res.failed)} trial(s) stopped on a non-finite loss: " + " | ".join(res.failed), 3)
+
+
+def _status_table(rows: list[dict]) -> str:
+    from attnopt.report.tables import markdown_table
+
+    body = [[r["cell"], r["group"], "–" if r["lr"] is None else f"{r['lr']:g}", f"{r['complete']} / {r['planned']}",
+             r["waiting_for"] or (", ".join(map(str, r["missing_seeds"])) or "–"),
+             ", ".join(r["same_trials_as"]) or "–"] for r in rows]
+    return markdown_table(["cell", "kind", "lr", "complete", "missing seeds (or what it waits for)",
+                           "its trials are recorded under"], body)
+
+
+@app.command()
+def table(
+    runs: Annotated[List[Path], typer.Argument(help="run folders (or folders containing runs), or a campaign's "
+                                                    "results folder (e.g. results/imdb)")],
+    out: Annotated[Optional[Path], typer.Option(help="also write the markdown table(s) to this file")] = None,
+    csv: Annotated[Optional[Path], typer.Option(help="also write the (E3) rows as CSV to this file")] = None,
+    figure: Annotated[Optional[Path], typer.Option(
+        help="also draw accuracy per epoch (campaign: test accuracy, mean ± std band per cell) into this PNG")] = None,
+    report: Annotated[Optional[Path], typer.Option(
+        help="campaign records: the folder for tables.md, e3/e4/e5.csv and the figures "
+             "(default RESULTS/tables)")] = None,
+) -> None:
+    """E3/E6 of run folders (mean ± std over seeds beside the paper's), or — given folders holding
+    campaign records — the aggregated E3, E4 and E5 tables with the 95 % t-interval check."""
+    from attnopt.experiments.imdb.records import find_records
     from attnopt.report.runs import RunDir
 
     with guard():
+        missing = [p for p in runs if not p.exists()]
+        if missing:
+            raise fail(f"{missing[0]}: no such run folder")
+        if any(find_records(p) for p in runs if p.is_dir()):
+            return _campaign_tables(runs, out, csv, figure, report)
+        from attnopt.experiments.imdb import format_table, results_table, run_histories
+
         rows = results_table(runs)
         if not rows:
             raise fail("no runs with a finished epoch (summary.json) found in " + ", ".join(map(str, runs)))
@@ -227,6 +301,27 @@ def table(
 
             RunDir(figure.parent).save_figure(figure.name, epoch_curves_figure(run_histories(runs)))
             console().print(f"learning curves: {figure}")
+
+
+def _campaign_tables(roots: List[Path], out, csv, figure, report) -> None:
+    from attnopt.experiments.imdb.aggregate import aggregate, band_curves, e3_csv_rows, write_tables
+    from attnopt.report.imdb_figures import band_curves_figure
+    from attnopt.report.runs import RunDir
+
+    if len(roots) != 1:
+        raise fail("give one campaign results folder (its records are aggregated)")
+    agg = aggregate(roots[0])
+    text = agg.markdown()
+    typer.echo(text)
+    folder = report if report is not None else roots[0] / "tables"
+    written = write_tables(agg, folder)
+    if out is not None:
+        RunDir(out.parent).write_text(out.name, text + "\n")
+    if csv is not None:
+        RunDir(csv.parent).write_csv(csv.name, rows=e3_csv_rows(agg))
+    if figure is not None:
+        RunDir(figure.parent).save_figure(figure.name, band_curves_figure(band_curves(agg)))
+    console().print(f"tables and figures: {folder} ({len(written)} files)", highlight=False)
 
 
 def _analysis_out(out: Optional[Path], experiment: str, cfg, overwrite: bool):

@@ -5,7 +5,9 @@ Every function takes plain arrays (no experiment objects) and returns a ``Figure
 * :func:`epoch_curves_figure` — E3/E6: train, validation and test accuracy per epoch, one line per run;
 * :func:`weight_histograms_figure` — E4: histograms of |w| per matrix type, one line per run;
 * :func:`pruning_figure` — E4: accuracy against the fraction of each block matrix pruned;
-* :func:`heatmap_figure` — E5: tokens shaded by their normalised [CLS] attention, one panel per run.
+* :func:`heatmap_figure` — E5: tokens shaded by their normalised [CLS] attention, one panel per run;
+* :func:`band_curves_figure` — campaign: mean accuracy per epoch with a ±1 std band, per cell;
+* :func:`binned_histograms_figure` — campaign: mean fraction of |w| per (log) bin, per cell.
 """
 
 from __future__ import annotations
@@ -99,4 +101,47 @@ def heatmap_figure(tokens_per_row: Sequence[Sequence[str]], scores_per_row: Sequ
     return fig
 
 
-__all__ = ["epoch_curves_figure", "weight_histograms_figure", "pruning_figure", "heatmap_figure", "HEATMAP_CMAP"]
+def band_curves_figure(panels: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], ylabel: str = "test accuracy (%)"):
+    """One panel per ``panels`` key, one line per cell: ``{epoch, mean, std, count}`` arrays
+    (fractions; drawn in %), the band mean ± std over the trials still running."""
+    n = max(len(panels), 1)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), squeeze=False)
+    for ax, (title, cells) in zip(axes[0], panels.items()):
+        for (label, c), col in zip(cells.items(), _colors(len(cells))):
+            m, s = 100 * np.asarray(c["mean"]), 100 * np.asarray(c["std"])
+            ax.plot(c["epoch"], m, color=col, lw=1.3, label=f"{label} (n={int(np.max(c['count']))})")
+            ax.fill_between(c["epoch"], m - s, m + s, color=col, alpha=0.2, lw=0)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def binned_histograms_figure(edges: np.ndarray, cells: Mapping[str, Mapping[str, np.ndarray]],
+                             types: Sequence[str], threshold: float):
+    """Per matrix type, the fraction of entries per |w| bin (log |w| axis; the first bin, from 0,
+    is drawn at the second edge / 10), one step line per cell; the threshold dashed."""
+    edges = np.asarray(edges, dtype=float)
+    left = edges.copy()
+    left[0] = edges[1] / 10 if edges.size > 1 else 1e-6
+    fig, axes = plt.subplots(1, len(types), figsize=(4 * len(types), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], types):
+        for (label, h), col in zip(cells.items(), _colors(len(cells))):
+            if t in h:
+                ax.stairs(h[t], left, color=col, label=label)
+        ax.axvline(threshold, color="k", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"|W_{t}|")
+        ax.set_xlabel("|w|")
+    axes[0][0].set_ylabel("fraction of entries")
+    axes[0][-1].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+__all__ = ["epoch_curves_figure", "weight_histograms_figure", "pruning_figure", "heatmap_figure", "band_curves_figure",
+           "binned_histograms_figure", "HEATMAP_CMAP"]

@@ -82,15 +82,26 @@ def _token_spans(text: str, max_len: int, tok):
 
 
 def score_probe(model: EncoderClassifier, reviews: Sequence[ProbeReview] | None = None, max_len: int = 512,
-                tokenizer=None, data_root=None) -> list[dict]:
-    """Per probe review: normalised attention on the marked word, its rank, and whether it is top."""
+                tokenizer=None, data_root=None, over: str = "all") -> list[dict]:
+    """Per probe review: normalised attention on the marked word, its rank, and whether it is top.
+
+    With a = the head-averaged last-layer [CLS] attention, the score is
+    ``(a_w − min a) / (max a − min a)`` where the min and max run over every token
+    (``over="all"``) or, as in the authors' notebook, over the tokens without [CLS] and [SEP]
+    (``over="content"``); a word split into pieces scores the maximum over its pieces."""
+    if over not in ("all", "content"):
+        raise ValueError(f"score_probe: over must be 'all' or 'content', got {over!r}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(data_root)
     reviews = list(reviews) if reviews is not None else probe_reviews()
     rows = []
     for i, r in enumerate(reviews):
         ids, tokens, offsets = _token_spans(r.text, max_len, tok)
-        att = minmax(cls_attention(model, ids))
+        raw = cls_attention(model, ids)
         content = [j for j, t in enumerate(ids) if t not in (CLS_ID, SEP_ID)]
+        att = minmax(raw)
+        if over == "content":
+            att = np.zeros_like(raw)
+            att[content] = minmax(raw[content])
         marked = [j for j in content if r.start <= offsets[j][0] < offsets[j][1] <= r.end]
         if not marked:
             raise ValueError(f"probe review {i}: the marked word {r.word!r} was truncated away or not found")

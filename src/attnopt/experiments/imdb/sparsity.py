@@ -68,7 +68,7 @@ class SparsityResult:
     report: str
 
 
-def _pooled(model: EncoderClassifier) -> dict[str, torch.Tensor]:
+def pooled_weights(model: EncoderClassifier) -> dict[str, torch.Tensor]:
     mats = model.weight_matrices()
     pooled = {t: torch.cat([m.detach().flatten() for m in mats[t]]) for t in ("Q", "K", "V", "O")}
     pooled["MLP"] = torch.cat([m.detach().flatten() for m in mats["MLP_in"] + mats["MLP_out"]])
@@ -89,7 +89,7 @@ def weight_stats(model: EncoderClassifier, threshold: float = PAPER_THRESHOLD,
                  near_zero: float = 1e-3) -> dict[str, dict]:
     """Per matrix type: entries, count above ``threshold``, fraction near zero, max |w|, Hoyer."""
     out = {}
-    for t, w in _pooled(model).items():
+    for t, w in pooled_weights(model).items():
         a = w.abs()
         out[t] = {
             "entries": int(a.numel()), "above_threshold": int((a > threshold).sum()), "threshold": threshold,
@@ -164,7 +164,7 @@ def run_sparsity(config: SparsityConfig | dict, *, out=None, progress: ProgressF
         label = run_label(path, rcfg)
         for t, d in weight_stats(model, cfg.threshold, cfg.near_zero).items():
             stats_rows.append({"run": str(path), "label": label, "optimizer": rcfg.optimizer_label(), "matrix": t} | d)
-        pooled[label] = {t: w.abs().cpu().numpy() for t, w in _pooled(model).items()}
+        pooled[label] = {t: w.abs().cpu().numpy() for t, w in pooled_weights(model).items()}
         if cfg.prune:
             n_eval = cfg.eval_subset if cfg.eval_subset is not None else rcfg.eval_subset
             data = load_reviews(rcfg.dataset, rcfg.max_len, rcfg.subset, n_eval, rcfg.data_seed,
@@ -206,4 +206,4 @@ def _report(cfg: SparsityConfig, stats_rows: list[dict], prune_rows: list[dict],
 
 
 __all__ = ["SparsityConfig", "SparsityResult", "run_sparsity", "weight_stats", "hoyer_sparsity", "magnitude_prune_",
-           "pruning_curve", "PAPER_E4", "PAPER_THRESHOLD", "PRUNE_LEVELS", "MATRIX_TYPES", "run_label"]
+           "pruning_curve", "pooled_weights", "PAPER_E4", "PAPER_THRESHOLD", "PRUNE_LEVELS", "MATRIX_TYPES", "run_label"]
