@@ -305,7 +305,8 @@ def _after_epoch(m: Member, finished: bool, extra: dict, dist: Dist, device: tor
         run.write_config(run_record(m.cfg), EXPERIMENT)
     run.write_csv("history.csv", rows=m.history)
     summary = _summary(m, extra)
-    run.write_summary(summary, complete=finished and m.error is None)
+    # a run cut short by a STOP file is resumable, not finished: it is not marked complete
+    run.write_summary(summary, complete=finished and m.error is None and m.stop_reason != "stop_file")
     if finished and m.error is None:
         run.write_report(run_report(m.cfg, summary))
 
