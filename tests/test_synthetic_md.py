@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attnopt.data.synthetic import convergence_batch
-from attnopt.experiments._batched_md import log_grid, md_step, train_md
+from attnopt.experiments.synthetic.md import log_grid, md_step, train_md
 from attnopt.mirror import dual_exponent, grad_psi, grad_psi_star, lp_norm
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -11,7 +10,6 @@ import typer
 
 from attnopt.cli._common import (OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app, open_out,
                                  parse_iters, parse_seeds, progress_bars)
-from attnopt.report.tables import fmt
 
 app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path) and E2 (joint W, v).")
 
@@ -58,66 +56,20 @@ def _config(cls, values: dict):
 
 
 # --------------------------------------------------------------------------------------
-# summary tables
+# the experiments' tables on the console
 
 
-def _convergence_table(res, title: str = "E1 convergence"):
+def _show(con, table, title: str | None = None) -> None:
+    """Print one of the experiments' tables (``records.Table``); Markdown bold becomes green bold."""
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("p", "iters", "D final (mean ± std)", "seeds used", "SVM not ok", "global/local/neither",
-                "rate fit (best, R²)"):
-        t.add_column(col, justify="right")
-    for key, s in res.summary["per_p"].items():
-        c, v, f = s["svm"], s["verdicts"], s["rate_fit"]
-        best = f["best"]
-        r2 = f.get(f"{best}_r2", float("nan")) if best != "none" else float("nan")
-        t.add_row(key, str(s["iterations"]), fmt(s["divergence_final_mean"], s["divergence_final_std"]),
-                  f"{s['seeds_used']}/{s['seeds']}", str(c["unconverged"] + c["infeasible"] + c["error"]),
-                  f"{v['global']}/{v['local']}/{v['neither']}", f"{best} ({fmt(r2)})")
-    return t
-
-
-def _matrix_table(res):
-    from rich.table import Table
-
-    t = Table(title="E1 matrix: final D_ψp(W_q^mm, W_p(k)) (mean ± std)")
-    t.add_column("p trained \\ q SVM")
-    for q in res.qs:
-        t.add_column(f"q = {q:g}", justify="right")
-    for p in res.convergence.runs:
-        cells = []
-        for q in res.qs:
-            c = fmt(*res.final(p, q))
-            cells.append(f"[bold green]{c}[/]" if math.isclose(p, q) else c)
-        t.add_row(f"p = {p:g}", *cells)
-    return t
-
-
-def _joint_table(res):
-    from rich.table import Table
-
-    t = Table(title="E2 joint: selected tokens")
-    for col in ("p", "iters", "tokens α", "spec", "match", "D(W)", "D(v)", "softmax≥.99 at k", "verdict"):
-        t.add_column(col, justify="right")
-    for key, s in res.summary["per_p"].items():
-        m = s["matches_spec"]
-        t.add_row(key, str(s["iterations"]), str(tuple(s["alpha"])), str(tuple(s["expected"])) if s["expected"] else "–",
-                  "[green]yes[/]" if m else ("[red]NO[/]" if m is False else "–"), fmt(s["divergence_W_final"]),
-                  fmt(s["divergence_v_final"]), str(s["first_iteration_max_softmax_ge_0.99"]), s["verdict"])
-    return t
-
-
-def _path_table(res):
-    from rich.table import Table
-
-    t = Table(title=f"E1 path (seed {res.config.seed})")
-    for col in ("p", "iters", "α", "SVM", "D final", "verdict", "max-softmax"):
-        t.add_column(col, justify="right")
-    for key, s in res.summary["per_p"].items():
-        t.add_row(key, str(s["iterations"]), str(tuple(s["alpha"])), s["svm_status"], fmt(s["divergence_final"]),
-                  s["verdict"], f"{s['max_softmax_final']:.4f}")
-    return t
+    name, header, rows = table
+    t = Table(title=title or name)
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(f"[bold green]{c[2:-2]}[/]" if c.startswith("**") and c.endswith("**") else c for c in row))
+    con.print(t)
 
 
 # --------------------------------------------------------------------------------------
@@ -142,8 +94,11 @@ def convergence(
     rd = open_out(out, "e1-convergence", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_convergence(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic import records
+
     con = console()
-    con.print(_convergence_table(res))
+    _show(con, records.convergence_table(res))
+    _show(con, records.rate_table(res))
     s = res.seconds
     con.print(f"training {s['train']:.1f} s, SVM + verdicts {s['svm']:.1f} s ({res.cache.solves} solves)")
     finish(con, rd.path, t0, "E1 convergence")
@@ -173,9 +128,11 @@ def matrix(
     rd = open_out(out, "e1-matrix", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_matrix(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic import records
+
     con = console()
-    con.print(_convergence_table(res.convergence))
-    con.print(_matrix_table(res))
+    _show(con, records.convergence_table(res.convergence))
+    _show(con, records.matrix_table(res))
     cs = res.convergence.seconds
     con.print(f"training {cs['train']:.1f} s, matched SVM + verdicts {cs['svm']:.1f} s, "
               f"extra matrix SVMs {res.seconds['extra_svm']:.1f} s ({res.seconds['extra_svm_solves']} solves)")
@@ -218,8 +175,10 @@ def path(
     rd = open_out(out, "e1-path", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_path(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic.trajectories import path_table
+
     con = console()
-    con.print(_path_table(res))
+    _show(con, path_table(res))
     finish(con, rd.path, t0, "E1 path")
 
 
@@ -240,8 +199,10 @@ def joint(
     rd = open_out(out, "e2-joint", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_joint(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic.trajectories import joint_table
+
     con = console()
-    con.print(_joint_table(res))
+    _show(con, joint_table(res))
     if not res.summary["all_match_spec"]:
         con.print("[bold red]the selected tokens differ from the spec's[/]")
     finish(con, rd.path, t0, "E2 joint")
@@ -262,11 +223,14 @@ def demo(
     rd = open_out(out, "demo", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_demo(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic import records
+    from attnopt.experiments.synthetic.trajectories import joint_table, path_table
+
     con = console()
-    con.print(_convergence_table(res.matrix.convergence, title=f"E1 convergence (reduced: {cfg.n_seeds} seeds)"))
-    con.print(_matrix_table(res.matrix))
-    con.print(_path_table(res.path))
-    con.print(_joint_table(res.joint))
+    _show(con, records.convergence_table(res.matrix.convergence), f"E1 convergence (reduced: {cfg.n_seeds} seeds)")
+    _show(con, records.matrix_table(res.matrix))
+    _show(con, path_table(res.path))
+    _show(con, joint_table(res.joint))
     below, tokens = res.summary["matched_is_smallest"], res.summary["e2_tokens_match_spec"]
     ok = all(below.values()) and tokens
     con.print(("[bold green]" if ok else "[bold red]") + "matched q = p divergence smallest in every row: "

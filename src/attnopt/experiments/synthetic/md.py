@@ -29,6 +29,7 @@ import torch
 
 from attnopt.mirror import dual_exponent, grad_psi, grad_psi_star, lp_norm
 from attnopt.models.attention import attention_output, logistic_loss
+from attnopt.runtime import torch_threads
 
 #: Default ε of the normalised step (float64 machine epsilon, as in the published code).
 DEFAULT_EPS = float(torch.finfo(torch.float64).eps)
@@ -130,16 +131,9 @@ def train_md(
     the tensors are tiny, and on a loaded machine OpenMP synchronisation made single ops
     (softmax, backward) ~100x slower than the work itself.  ``None`` leaves the setting alone.
     """
-    if num_threads is None:
+    with torch_threads(num_threads):
         return _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, progress,
                          progress_every)
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
-    try:
-        return _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, progress,
-                         progress_every)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, progress,
