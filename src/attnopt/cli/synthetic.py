@@ -34,15 +34,18 @@ QueryOpt = Annotated[str, typer.Option("--query", help="z_i: 'random' (own vecto
 SolverOpt = Annotated[str, typer.Option("--solver", help="SVM solver: auto, fast or cvxpy.")]
 TolOpt = Annotated[float, typer.Option("--tol", help="SVM relative duality-gap tolerance.")]
 NLogOpt = Annotated[int, typer.Option("--n-log", help="Size of the log-spaced grid of stored iterates.")]
-EpsOpt = Annotated[float, typer.Option("--eps", help="ε of the normalised step ‖g‖_q + ε (published: float64 eps).")]
+EpsOpt = Annotated[float, typer.Option("--eps", help="ε of the published step g/(‖g‖_q + ε) (float64 eps, as published).")]
+StepOpt = Annotated[str, typer.Option(
+    "--step", help="Normalised step: 'exact' (gradient without cancellation, g/‖g‖_q) or 'published' "
+    "(autograd, g/(‖g‖_q + ε)).")]
 
 _EPS = 2.220446049250313e-16
 
 
 def _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log,
-               eps) -> dict:
+               eps, step) -> dict:
     kw = dict(iterations=parse_iters(iters), n_seeds=n_seeds, seed_start=seed_start, lr=lr, n=n, T=T, d=d,
-              init=init, init_std=init_std, query=query, solver=solver, tol=tol, n_log=n_log, eps=eps)
+              init=init, init_std=init_std, query=query, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
     if seeds:
@@ -81,7 +84,7 @@ def convergence(
     p: POpt = None, iters: ItersOpt = None, seeds: SeedsOpt = None, n_seeds: NSeedsOpt = 100,
     seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
     init: InitOpt = "normal", init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto",
-    tol: TolOpt = 1e-6, n_log: NLogOpt = 200, eps: EpsOpt = _EPS,
+    tol: TolOpt = 1e-6, n_log: NLogOpt = 200, eps: EpsOpt = _EPS, step: StepOpt = "exact",
     fit_from: Annotated[Optional[int], typer.Option("--fit-from", help="First iteration of the rate fit.")] = None,
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
@@ -90,7 +93,7 @@ def convergence(
     from attnopt.experiments.synthetic import ConvergenceConfig, run_convergence
 
     cfg = _config(ConvergenceConfig, dict(fit_from=fit_from, **_e1_values(
-        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps)))
+        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps, step)))
     rd = open_out(out, "e1-convergence", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_convergence(cfg, out=rd, progress=cb)
@@ -111,7 +114,7 @@ def matrix(
     iters: ItersOpt = None, seeds: SeedsOpt = None, n_seeds: NSeedsOpt = 100, seed_start: SeedStartOpt = 1,
     lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10, init: InitOpt = "normal", init_std: InitStdOpt = 1.0,
     query: QueryOpt = "random", solver: SolverOpt = "auto", tol: TolOpt = 1e-6, n_log: NLogOpt = 200,
-    eps: EpsOpt = _EPS,
+    eps: EpsOpt = _EPS, step: StepOpt = "exact",
     alpha_from: Annotated[str, typer.Option("--alpha-from", help="Tokens of the q-SVM: 'p' (the p-run's, same α) "
                                             "or 'q' (the q-run's, as published).")] = "p",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
@@ -120,7 +123,8 @@ def matrix(
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import MatrixConfig, run_matrix
 
-    kw = _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps)
+    kw = _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps,
+                    step)
     kw["alpha_from"] = alpha_from
     if q:
         kw["qs"] = tuple(q)
@@ -156,7 +160,7 @@ def path(
     lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
     init: Annotated[str, typer.Option("--init", help="W(0): 'zeros' (published path run) or 'normal'.")] = "zeros",
     init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto", tol: TolOpt = 1e-6,
-    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS,
+    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS, step: StepOpt = "exact",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """E1-path: two entries of W(k) against the rescaled ℓp-AttSVM ray (one seed)."""
@@ -164,7 +168,7 @@ def path(
     from attnopt.experiments.synthetic import PathConfig, run_path
 
     kw = dict(seed=seed, iterations=parse_iters(iters), lr=lr, n=n, T=T, d=d, init=init, init_std=init_std,
-              query=query, solver=solver, tol=tol, n_log=n_log, eps=eps)
+              query=query, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
     if entry:
@@ -185,14 +189,14 @@ def path(
 @app.command("joint")
 def joint(
     p: POpt = None, iters: ItersOpt = None, lr: LrOpt = 0.1, solver: SolverOpt = "auto", tol: TolOpt = 1e-6,
-    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS,
+    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS, step: StepOpt = "exact",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """E2: joint ℓp-JointGD on the spec's two-sample instance (W → ℓp-AttSVM, v → ℓp-SVM)."""
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import JointConfig, run_joint
 
-    kw = dict(iterations=parse_iters(iters), lr=lr, solver=solver, tol=tol, n_log=n_log, eps=eps)
+    kw = dict(iterations=parse_iters(iters), lr=lr, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
     cfg = _config(JointConfig, kw)
@@ -213,13 +217,14 @@ def demo(
     n_seeds: Annotated[int, typer.Option("--n-seeds", help="Seeds of the reduced E1.")] = 20,
     iters: Annotated[Optional[str], typer.Option(
         "--iters", help="Iterations (default 1.75=300,2=400,3=3000).")] = None,
-    solver: SolverOpt = "auto", overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+    solver: SolverOpt = "auto", step: StepOpt = "exact", overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """A reduced E1 (convergence + matrix + path) and E2: about 15 s on 2 CPU cores."""
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import DemoConfig, run_demo
 
-    cfg = _config(DemoConfig, dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver))
+    cfg = _config(DemoConfig, dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver, step=step))
     rd = open_out(out, "demo", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_demo(cfg, out=rd, progress=cb)

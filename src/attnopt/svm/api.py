@@ -12,6 +12,7 @@ from attnopt.svm.problem import (
     SVMInfeasibleError,
     SVMResult,
     att_problem,
+    check_options,
     check_solver,
     check_tol,
     decoder_problem,
@@ -26,10 +27,8 @@ DEFAULT_VIOL_TOL = 1e-7
 def _solve(prob: Problem, solver: str, tol: float, max_iter: Optional[int], device, active_tol: float,
            viol_tol: float, time_limit: Optional[float] = None, threads: Optional[int] = None) -> SVMResult:
     solver = check_solver(solver)
-    tol = check_tol(tol)
-    active_tol = check_tol(active_tol, "active_tol")
-    if max_iter is not None and (int(max_iter) != max_iter or max_iter < 1):
-        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    tol, active_tol, viol_tol, max_iter, time_limit, threads = check_options(
+        tol=tol, active_tol=active_tol, viol_tol=viol_tol, max_iter=max_iter, time_limit=time_limit, threads=threads)
     if prob.m == 0:  # no constraints at all (every neighbour set empty): W = 0
         return make_result(prob, np.zeros(prob.shape), np.zeros(0), tol=tol, status="optimal", iterations=0,
                            time_s=0.0, solver="trivial", active_tol=active_tol, viol_tol=viol_tol)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from attnopt.config import (ConfigError, ConfigMixin, check_bool, check_choice, check_float, check_int, check_p,
                             check_ps, check_seeds, config_error)
 from attnopt.data.synthetic import INITS, QUERIES
-from attnopt.experiments.synthetic.md import DEFAULT_EPS
+from attnopt.experiments.synthetic.md import DEFAULT_EPS, STEPS
 from attnopt.mirror import check_p as mirror_check_p
 
 #: Iterations of the published protocol per p (E1 and E2).
@@ -115,6 +115,7 @@ CHECKS: dict[str, Callable[[Any, str, Any], Any]] = {
     "lr": lambda o, n, v: check_float(o, n, v, gt=0),
     "normalize": check_bool,
     "eps": lambda o, n, v: check_float(o, n, v, ge=0),
+    "step": lambda o, n, v: check_choice(o, n, v, STEPS),
     "init": lambda o, n, v: check_choice(o, n, v, INITS),
     "init_std": lambda o, n, v: check_float(o, n, v, ge=0),
     "query": lambda o, n, v: check_choice(o, n, v, QUERIES),
@@ -166,8 +167,10 @@ class ConvergenceConfig(_Iterations, ConfigMixin):
     on which W(k) is stored.  ``fit_from``: first iteration used by the rate fit (None → where
     the mean max-softmax reaches 0.99, see :func:`~attnopt.experiments.synthetic.rate.fit_window`).
     ``drop_unconverged``: exclude seeds whose SVM certificate did not converge from the means
-    (infeasible seeds are always excluded).  ``eps``: the ε of the normalised step (default
-    float64 machine epsilon, as published; see :mod:`attnopt.experiments.synthetic.md`).
+    (infeasible seeds are always excluded).  ``step``: "exact" (default: the gradient without
+    cancellation, exactly normalised) or "published" (autograd, G/(‖G‖_q + ε)); ``eps``: the ε
+    of the published step (float64 machine epsilon, as published); see
+    :mod:`attnopt.experiments.synthetic.md`.
     """
 
     ps: tuple[float, ...] = (1.75, 2.0, 3.0)
@@ -180,6 +183,7 @@ class ConvergenceConfig(_Iterations, ConfigMixin):
     d: int = 10
     lr: float = 0.1
     normalize: bool = True
+    step: str = "exact"
     eps: float = DEFAULT_EPS
     init: str = "normal"
     init_std: float = 1.0
@@ -238,6 +242,7 @@ class PathConfig(_Iterations, ConfigMixin):
     d: int = 10
     lr: float = 0.1
     normalize: bool = True
+    step: str = "exact"
     eps: float = DEFAULT_EPS
     init: str = "zeros"
     init_std: float = 1.0
@@ -261,6 +266,7 @@ class JointConfig(_Iterations, ConfigMixin):
     iterations: Any = None
     lr: float = 0.1
     normalize: bool = True
+    step: str = "exact"
     eps: float = DEFAULT_EPS
     solver: str = "auto"
     tol: float = 1e-6

@@ -80,7 +80,7 @@ def _train_p(cfg: ConvergenceConfig, data: SyntheticData, p: float, progress: Pr
     label = f"train p={p:g}"
     cb = (lambda k: progress(label, k, K)) if progress else None
     return train_md(data.X, data.Y, data.Z, data.v, data.W0, p, cfg.lr, K, log_iters=log_grid(K, cfg.n_log),
-                    normalize=cfg.normalize, eps=cfg.eps, progress=cb)
+                    normalize=cfg.normalize, eps=cfg.eps, step=cfg.step, progress=cb)
 
 
 def run_convergence(config: ConvergenceConfig | Mapping | None = None, *, out: str | Path | None = None,

@@ -14,6 +14,7 @@ from attnopt.experiments.synthetic import records
 from attnopt.experiments.synthetic.config import (SOLVERS, SPEC_JOINT_TOKENS, JointConfig, MatrixConfig, PathConfig,
                                                   check_iterations)
 from attnopt.experiments.synthetic.convergence import MatrixResult, run_matrix
+from attnopt.experiments.synthetic.md import STEPS
 from attnopt.experiments.synthetic.trajectories import JointResult, PathResult, run_joint, run_path
 from attnopt.report.runs import as_run_dir, open_run_dir
 from attnopt.runtime import ProgressFn
@@ -26,11 +27,13 @@ DEMO_ITERATIONS: dict[float, int] = {1.75: 300, 2.0: 400, 3.0: 3000}
 class DemoConfig(ConfigMixin):
     """The demo: ``n_seeds`` seeds of E1 (matrix included) at ``iterations`` (None → the
     reduced :data:`DEMO_ITERATIONS`; an int or a mapping p → int as for E1, whose keys are the
-    p's), the E1 path at the first and last p, and E2 at every p."""
+    p's), the E1 path at the first and last p, and E2 at every p, all with the normalised
+    ``step`` ("exact" or "published")."""
 
     n_seeds: int = 20
     iterations: Any = None
     solver: str = "auto"
+    step: str = "exact"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_seeds", check_int(self, "n_seeds", self.n_seeds, 1))
@@ -39,6 +42,7 @@ class DemoConfig(ConfigMixin):
         object.__setattr__(self, "iterations",
                            check_iterations(self, "iterations", it, check_ps(self, "iterations keys", ps)))
         check_choice(self, "solver", self.solver, SOLVERS)
+        check_choice(self, "step", self.step, STEPS)
 
     def ps(self) -> tuple[float, ...]:
         return tuple(self.iterations) if isinstance(self.iterations, dict) else tuple(DEMO_ITERATIONS)
@@ -46,9 +50,9 @@ class DemoConfig(ConfigMixin):
     def parts(self) -> tuple[MatrixConfig, PathConfig, JointConfig]:
         ps = self.ps()
         path_ps = tuple(dict.fromkeys((ps[0], ps[-1])))
-        return (MatrixConfig(ps=ps, iterations=self.iterations, n_seeds=self.n_seeds, solver=self.solver),
-                PathConfig(ps=path_ps, iterations=self.iterations, solver=self.solver),
-                JointConfig(ps=ps, iterations=self.iterations, solver=self.solver,
+        kw = dict(iterations=self.iterations, solver=self.solver, step=self.step)
+        return (MatrixConfig(ps=ps, n_seeds=self.n_seeds, **kw), PathConfig(ps=path_ps, **kw),
+                JointConfig(ps=ps, **kw,
                             expected_tokens={k: v for k, v in SPEC_JOINT_TOKENS.items() if k in ps}))
 
 

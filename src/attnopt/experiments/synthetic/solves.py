@@ -149,7 +149,7 @@ def divergence(svm: Sequence[SVMOutcome], Ws: torch.Tensor, p: float, drop_uncon
         if o.usable and not (drop_unconverged and o.status != "ok"):
             Wmm[s] = torch.from_numpy(o.solution)
             ok[s] = True
-    D = directional_bregman(Wmm.unsqueeze(0), Ws, p, dim=(-2, -1)).numpy()
+    D = directional_bregman(Wmm.unsqueeze(0), Ws, p, dim=(-2, -1), zero="nan").numpy()
     D[:, ~ok] = np.nan
     return D
 
@@ -163,7 +163,7 @@ def ray(o: SVMOutcome, iterates: torch.Tensor, p: float, dim) -> tuple[np.ndarra
     mm = torch.from_numpy(o.solution)
     scale = (lp_norm(iterates, p, dim=dim) / float(lp_norm(mm, p))).numpy()
     rays = scale.reshape((L,) + (1,) * mm.ndim) * o.solution[None]
-    return rays, directional_bregman(mm.unsqueeze(0), iterates, p, dim=dim).numpy()
+    return rays, directional_bregman(mm.unsqueeze(0), iterates, p, dim=dim, zero="nan").numpy()
 
 
 def mean_std(a: np.ndarray, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:

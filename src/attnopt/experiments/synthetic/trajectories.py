@@ -30,7 +30,7 @@ def _train(cfg, data, p: float, progress: ProgressFn | None, label: str, train_v
     K = cfg.iterations_for(p)
     cb = (lambda k: progress(f"{label} p={p:g}", k, K)) if progress else None
     return train_md(data.X, data.Y, data.Z, data.v, data.W0, p, cfg.lr, K, log_iters=log_grid(K, cfg.n_log),
-                    train_v=train_v, normalize=cfg.normalize, eps=cfg.eps, progress=cb)
+                    train_v=train_v, normalize=cfg.normalize, eps=cfg.eps, step=cfg.step, progress=cb)
 
 
 def _curves(runs: Mapping[float, Any], attr: str) -> dict:
