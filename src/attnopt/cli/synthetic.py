@@ -1,4 +1,4 @@
-"""``attnopt synthetic …`` (E1 convergence, matrix, path; E2 joint) and ``attnopt demo``."""
+"""``attnopt synthetic …`` (E1 convergence, matrix, path; E2 joint; E7 kq) and ``attnopt demo``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from attnopt.cli._common import (OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app, open_out,
                                  parse_iters, parse_seeds, progress_bars)
 
-app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path) and E2 (joint W, v).")
+app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path), E2 (joint W, v), E7 (K, Q).")
 
 # --------------------------------------------------------------------------------------
 # options shared by the synthetic commands
@@ -210,6 +210,35 @@ def joint(
     if not res.summary["all_match_spec"]:
         con.print("[bold red]the selected tokens differ from the spec's[/]")
     finish(con, rd.path, t0, "E2 joint")
+
+
+@app.command("kq")
+def kq(
+    p: POpt = None,
+    rank: Annotated[Optional[List[int]], typer.Option("--rank", help="Inner dimension m of K, Q ∈ R^{d×m} "
+                                                      "(repeatable). Default: d and 3.")] = None,
+    iters: ItersOpt = None, n_seeds: NSeedsOpt = 20, seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6,
+    T: TOpt = 8, d: DOpt = 10,
+    init_std: Annotated[float, typer.Option("--init-std", help="Std of the entries of K(0) and Q(0).")] = 0.1,
+    solver: SolverOpt = "auto", tol: TolOpt = 1e-6, n_log: NLogOpt = 100, eps: EpsOpt = _EPS,
+    step: StepOpt = "exact", out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """E7: W = K Qᵀ trained by ℓp-MD; which SVM (nuclear, Frobenius, ℓp) its direction approaches."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic.kq import KQConfig, kq_table, run_kq
+
+    kw = dict(iterations=parse_iters(iters), n_seeds=n_seeds, seed_start=seed_start, lr=lr, n=n, T=T, d=d,
+              init_std=init_std, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
+    if p:
+        kw["ps"] = tuple(p)
+    kw["ranks"] = tuple(rank) if rank else tuple(dict.fromkeys((d, min(3, d))))
+    cfg = _config(KQConfig, kw)
+    rd = open_out(out, "e7-kq", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_kq(cfg, out=rd, progress=cb)
+    con = console()
+    _show(con, kq_table(res))
+    finish(con, rd.path, t0, "E7 (K, Q)")
 
 
 def demo(

@@ -10,7 +10,8 @@ random generators are restored afterwards.
 Modules: :mod:`~.config` (configurations, protocol constants), :mod:`~.md` (the batched
 mirror-descent core), :mod:`~.solves` (SVM solves, cached), :mod:`~.rate` (rate fits),
 :mod:`~.convergence` (E1 and the E1-matrix), :mod:`~.trajectories` (E1-path, E2),
-:mod:`~.records` (tables, CSVs, figures, reports), :mod:`~.demo`.
+:mod:`~.records` (tables, CSVs, figures, reports), :mod:`~.demo`, :mod:`~.kq` (E7, the
+(K, Q) parameterisation).
 """
 
 from attnopt.config import ConfigError
@@ -20,6 +21,7 @@ from attnopt.experiments.synthetic.config import (PROTOCOL_ITERATIONS, SPEC_JOIN
 from attnopt.experiments.synthetic.convergence import (ConvergenceResult, MatrixResult, PRun, run_convergence,
                                                        run_matrix)
 from attnopt.experiments.synthetic.demo import DEMO_ITERATIONS, DemoConfig, DemoResult, run_demo
+from attnopt.experiments.synthetic.kq import KQConfig, KQResult, run_kq
 from attnopt.experiments.synthetic.rate import RateFit, fit_rate, fit_window
 from attnopt.experiments.synthetic.records import matrix_markdown
 from attnopt.experiments.synthetic.solves import SVMCache, SVMOutcome
@@ -32,5 +34,5 @@ __all__ = [
     "SVMOutcome", "SVMCache", "RateFit", "fit_rate", "fit_window",
     "PRun", "ConvergenceResult", "MatrixResult", "PathRun", "PathResult", "JointRun", "JointResult",
     "run_convergence", "run_matrix", "run_path", "run_joint", "matrix_markdown",
-    "DEMO_ITERATIONS", "DemoConfig", "DemoResult", "run_demo",
+    "DEMO_ITERATIONS", "DemoConfig", "DemoResult", "run_demo", "KQConfig", "KQResult", "run_kq",
 ]

@@ -139,7 +139,7 @@ def validate(cfg: Any) -> None:
             object.__setattr__(cfg, name, check(cfg, name, getattr(cfg, name)))
 
 
-class _Iterations:
+class Iterations:
     """``iterations_for(p)`` of a config with ``iterations`` (None, an int or a mapping)."""
 
     iterations: Any
@@ -156,7 +156,7 @@ class _Iterations:
 
 
 @dataclass(frozen=True)
-class ConvergenceConfig(_Iterations, ConfigMixin):
+class ConvergenceConfig(Iterations, ConfigMixin):
     """E1 configuration (defaults = the spec's protocol).
 
     ``iterations``: None → :func:`default_iterations` per p; an int for every p; or a mapping
@@ -231,7 +231,7 @@ class MatrixConfig(ConvergenceConfig):
 
 
 @dataclass(frozen=True)
-class PathConfig(_Iterations, ConfigMixin):
+class PathConfig(Iterations, ConfigMixin):
     """E1-path configuration: one seed, W(0) = 0 by default, entries W[1,2] and W[3,4]."""
 
     seed: int = 1
@@ -257,7 +257,7 @@ class PathConfig(_Iterations, ConfigMixin):
 
 
 @dataclass(frozen=True)
-class JointConfig(_Iterations, ConfigMixin):
+class JointConfig(Iterations, ConfigMixin):
     """E2 configuration: the spec's fixed instance, W(0) = 0, v(0) = 0, η = 0.1.
 
     ``expected_tokens``: p → selected tokens to check against (default: the spec's)."""
@@ -281,5 +281,5 @@ class JointConfig(_Iterations, ConfigMixin):
 
 
 __all__ = ["PROTOCOL_ITERATIONS", "SPEC_JOINT_TOKENS", "SPEC_MATRIX_P3", "SOLVERS", "ConfigError",
-           "default_iterations", "check_iterations", "lookup", "validate", "ConvergenceConfig", "MatrixConfig",
+           "default_iterations", "check_iterations", "lookup", "validate", "Iterations", "DEFAULT_EPS", "ConvergenceConfig", "MatrixConfig",
            "PathConfig", "JointConfig"]

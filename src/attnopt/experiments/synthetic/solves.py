@@ -98,6 +98,13 @@ class SVMCache:
         return self._cached("att", key, q, alpha, lambda a: att_svm(
             as_numpy(X), as_numpy(Z), a, float(q), solver=self.solver, tol=self.tol))
 
+    def nuclear(self, key, X, Z, alpha) -> SVMOutcome:
+        """The nuclear-norm AttSVM of the tokens ``alpha`` (cached)."""
+        from attnopt.svm import att_svm_nuclear
+
+        return self._cached("nuc", key, 2.0, alpha, lambda a: att_svm_nuclear(
+            as_numpy(X), as_numpy(Z), a, solver=self.solver, tol=self.tol))
+
     def decoder(self, key, X, Y, alpha, q) -> SVMOutcome:
         """The decoder ℓq-SVM of the tokens ``alpha`` (cached)."""
         from attnopt.svm import decoder_svm
