@@ -102,8 +102,9 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
     D, Z, rows = prob.D, prob.Z, prob.rows
     Zr = Z[rows]  # (m, d): the query of each constraint
     nu = 2 * d + m  # barrier parameter of the cone
-    X, x = 10.0 * np.eye(2 * d), np.full(m, 10.0)
-    S, s = 10.0 * np.eye(2 * d), np.full(m, 10.0)
+    # the data are at unit scale (att_problem), so the identity is a central enough start
+    X, x = np.eye(2 * d), np.ones(m)
+    S, s = np.eye(2 * d), np.ones(m)
     y = np.zeros(m)
     max_iter = 100 if max_iter is None else int(max_iter)
     best = None
@@ -127,9 +128,10 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
         mu = (np.sum(X * S) + x @ s) / nu
         # Schur complement M_kl = tr(B_k X B_l S⁻¹) + δ_kl x_k / s_k
         # the queries repeat per sample: the Z-side products are n × n (or m × n), then indexed
-        XAA, XBB, XAB = D @ X[:d, :d] @ D.T, (Z @ X[d:, d:] @ Z.T)[np.ix_(rows, rows)], (D @ X[:d, d:] @ Z.T)[:, rows]
-        SAA, SBB, SAB = D @ Si[:d, :d] @ D.T, (Z @ Si[d:, d:] @ Z.T)[np.ix_(rows, rows)], (D @ Si[:d, d:] @ Z.T)[:, rows]
-        M = XAB.T * SAB + XBB * SAA + XAA * SBB + XAB * SAB.T
+        XAA, XBB, XAB = D @ X[:d, :d] @ D.T, (Z @ X[d:, d:] @ Z.T)[rows][:, rows], (D @ X[:d, d:] @ Z.T)[:, rows]
+        SAA, SBB, SAB = D @ Si[:d, :d] @ D.T, (Z @ Si[d:, d:] @ Z.T)[rows][:, rows], (D @ Si[:d, d:] @ Z.T)[:, rows]
+        C = XAB.T * SAB  # the first and last of the four terms are transposes of each other
+        M = C + C.T + XBB * SAA + XAA * SBB
         M[np.diag_indices(m)] += x / s
         try:
             cho = sla.cho_factor(M, check_finite=False)
