@@ -67,10 +67,16 @@ def nuclear_certificate(prob: Problem, W: np.ndarray, lam: np.ndarray, tol: floa
                           converged=bool(rel <= tol and viol <= viol_tol))
 
 
-def _max_step(X: np.ndarray, dX: np.ndarray) -> float:
-    """The largest α ≤ 1 with X + α dX ⪰ 0 (X ≻ 0): from the smallest generalised eigenvalue
-    λ of dX v = λ X v (that of L⁻¹ dX L⁻ᵀ for X = L Lᵀ)."""
-    lam = float(sla.eigh(dX, X, eigvals_only=True, subset_by_index=[0, 0], check_finite=False)[0])
+def _inv_factor(X: np.ndarray) -> np.ndarray:
+    """L⁻¹ for the Cholesky factor X = L Lᵀ (X ≻ 0)."""
+    L = np.linalg.cholesky(X)
+    return sla.solve_triangular(L, np.eye(len(X)), lower=True, check_finite=False)
+
+
+def _max_step(Li: np.ndarray, dX: np.ndarray) -> float:
+    """The largest α ≤ 1 with X + α dX ⪰ 0, from the smallest eigenvalue λ of L⁻¹ dX L⁻ᵀ
+    (``Li`` = L⁻¹ of X = L Lᵀ)."""
+    lam = float(np.linalg.eigvalsh(Li @ dX @ Li.T)[0])
     return 1.0 if lam >= 0 else min(1.0, -1.0 / lam)
 
 
@@ -120,8 +126,8 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
         return out
 
     for it in range(1, max_iter + 1):
-        Si = np.linalg.inv(S)
-        Si = 0.5 * (Si + Si.T)
+        LXi, LSi = _inv_factor(X), _inv_factor(S)
+        Si = LSi.T @ LSi
         rp = 1.0 - A_op(X, x)
         Rd = np.eye(2 * d) - AT_sdp(y) - S
         rd = y - s
@@ -151,14 +157,14 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
 
         # predictor (σ = 0), then Mehrotra's corrector with σ = (μ_aff/μ)³
         dX, dx, dy, dS, ds = direction(-X, -x)
-        ap = min(_max_step(X, dX), _ratio(x, dx))
-        ad = min(_max_step(S, dS), _ratio(s, ds))
+        ap = min(_max_step(LXi, dX), _ratio(x, dx))
+        ad = min(_max_step(LSi, dS), _ratio(s, ds))
         mu_aff = (np.sum((X + ap * dX) * (S + ad * dS)) + (x + ap * dx) @ (s + ad * ds)) / nu
         sigma = min(1.0, (mu_aff / mu) ** 3)
         C = dX @ dS @ Si
         dX, dx, dy, dS, ds = direction(sigma * mu * Si - X - 0.5 * (C + C.T), sigma * mu / s - x - dx * ds / s)
-        ap = STEP_FRACTION * min(_max_step(X, dX), _ratio(x, dx))
-        ad = STEP_FRACTION * min(_max_step(S, dS), _ratio(s, ds))
+        ap = STEP_FRACTION * min(_max_step(LXi, dX), _ratio(x, dx))
+        ad = STEP_FRACTION * min(_max_step(LSi, dS), _ratio(s, ds))
         X, x = X + ap * dX, x + ap * dx
         y, S, s = y + ad * dy, S + ad * dS, s + ad * ds
         X, S = 0.5 * (X + X.T), 0.5 * (S + S.T)
