@@ -303,3 +303,20 @@ def test_kq_reduced(tmp_path):
         assert (tmp_path / name).is_file()
     with pytest.raises(ConfigError, match="ranks"):
         KQConfig(ranks=(11,))
+
+
+def test_experiments_restore_threads_and_random_state():
+    import random
+
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        run_convergence(ps=(2.0,), n_seeds=2, iterations=10, verdicts=False)
+        assert torch.get_num_threads() == 2  # the run used one thread and gave the setting back
+        assert torch.equal(torch.get_rng_state(), state[0]) and np.array_equal(np.random.get_state()[1], state[1])
+        assert random.getstate() == state[2]
+    finally:
+        torch.set_num_threads(old)

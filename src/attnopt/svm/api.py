@@ -6,6 +6,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from attnopt.svm.infeasible import explain_infeasibility
 from attnopt.svm.nuclear import nuclear_certificate, solve_nuclear
 from attnopt.svm.problem import (
     Certificate,
@@ -18,7 +19,6 @@ from attnopt.svm.problem import (
     check_solver,
     check_tol,
     decoder_problem,
-    explain_infeasibility,
     make_result,
 )
 

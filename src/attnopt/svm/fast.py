@@ -61,7 +61,7 @@ certified pair so far.
 
 Infeasibility: a problem is infeasible iff some λ ≥ 0, λ ≠ 0 has ``Aᵀλ = 0`` (Gordan).  The dual
 objective is then unbounded along that ray; when ``‖Aᵀλ‖_q ≤ 1e-11 Σλ max_k‖A_k‖`` the run stops
-and the caller names the samples with small LPs (:func:`attnopt.svm.problem.explain_infeasibility`).
+and the caller names the samples with small LPs (:func:`attnopt.svm.infeasible.explain_infeasibility`).
 """
 
 from __future__ import annotations
