@@ -17,7 +17,6 @@ from attnopt.svm.problem import (
     att_problem,
     check_options,
     check_solver,
-    check_tol,
     decoder_problem,
     make_result,
 )

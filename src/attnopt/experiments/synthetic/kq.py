@@ -25,7 +25,7 @@ from attnopt.experiments.synthetic.config import DEFAULT_EPS, Iterations, valida
 from attnopt.experiments.synthetic.md import log_grid, md_step
 from attnopt.experiments.synthetic.records import Table
 from attnopt.experiments.synthetic.solves import SVMCache, mean_std, selected_tokens
-from attnopt.mirror import directional_bregman, lp_norm
+from attnopt.mirror import directional_bregman
 from attnopt.models.attention import attention_output, logistic_loss, scaled_gradients
 from attnopt.report.tables import fmt
 from attnopt.runtime import ProgressFn
@@ -120,11 +120,11 @@ def train_kq(data, K0, Q0, p: float, lr: float, iterations: int, log_iters: np.n
             j += 1
         if k == iterations:
             break
-        GK, GQ = G @ Q, G.transpose(-2, -1) @ K
+        GK, GQ = G @ Q, G.transpose(-2, -1) @ K  # ∂L/∂K and ∂L/∂Q of L(K Qᵀ)
         step_eps = eps if step == "published" else 0.0
         K, Q = md_step(K, GK, p, lr, eps=step_eps), md_step(Q, GQ, p, lr, eps=step_eps)
-        if progress is not None and (k + 1) % 100 == 0:
-            progress(100)
+        if progress is not None and ((k + 1) % 100 == 0 or k + 1 == iterations):
+            progress((k + 1) - 100 * (k // 100))
     return Ws, sm, loss
 
 
