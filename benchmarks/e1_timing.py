@@ -90,7 +90,7 @@ def main() -> None:
           f"+ 3x3 matrix), solver={args.solver}, step={args.step}")
     print(f"  batched run: wall {wall:.1f} s = training {train:.1f} s + SVM/verdicts {svm:.1f} s "
           f"({timings['svm_solves']} solves) + matrix SVMs {extra:.1f} s + figures/IO {timings['other_s']:.1f} s")
-    print(f"  per-seed loop baseline (MirrorDescent): {tb:.1f} s for {len(bseeds)} seeds "
+    print(f"  per-seed loop baseline ({'MirrorDescent' if cfg.step == 'published' else 'the same step'}): {tb:.1f} s for {len(bseeds)} seeds "
           f"-> {tb_all:.1f} s extrapolated to {args.n_seeds} seeds")
     print(f"  training speed-up of batching: {timings['train_speedup']:.1f}x; "
           f"end to end (same SVM time): {timings['end_to_end_speedup']:.1f}x")
