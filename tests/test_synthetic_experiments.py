@@ -224,10 +224,12 @@ def test_path_reduced(tmp_path):
 def test_e2_selects_the_spec_tokens(tmp_path, step):
     # protocol iterations for p = 1.75 and 2; p = 3 reduced from 20,000 (its tokens are (0, 0)
     # from the first iterations on; the full count is exercised by `attnopt synthetic joint`)
-    res = run_joint(iterations={1.75: 1500, 2.0: 2000, 3.0: 3000}, out=tmp_path, step=step)
+    # p = 3 gives the same numbers with both steps (no stall within its iterations): exact only
+    ps = (1.75, 2.0, 3.0) if step == "exact" else (1.75, 2.0)
+    res = run_joint(ps=ps, iterations={1.75: 1500, 2.0: 2000, 3.0: 3000}, out=tmp_path, step=step)
     assert json.loads((tmp_path / "config.json").read_text())["config"]["step"] == step
     got = {p: r.alpha for p, r in res.runs.items()}
-    assert got == {1.75: (1, 0), 2.0: (1, 0), 3.0: (0, 0)}
+    assert got == {p: t for p, t in {1.75: (1, 0), 2.0: (1, 0), 3.0: (0, 0)}.items() if p in ps}
     assert res.summary["all_match_spec"]
     for r in res.runs.values():
         assert r.first_iter_softmax_99 is not None and r.first_iter_softmax_99 <= 50
