@@ -12,6 +12,7 @@ Usage::
     python benchmarks/svm.py --sizes 50x10x32 --p 2,3         # a quick one
     python benchmarks/svm.py --skip-cvxpy-above 1e6           # cvxpy only on smaller problems
     python benchmarks/svm.py --out docs/svm_benchmark.md      # also write the markdown report
+    python benchmarks/svm.py --nuclear --sizes 30x8x16,30x8x64 --repeat 5   # the nuclear-norm AttSVM
 
 Sizes are ``nxTxd`` (n samples, T tokens, dimension d; n·(T−1) constraints, d² variables).
 cvxpy is skipped where the dense constraint matrix has more than ``--skip-cvxpy-above``
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attnopt.svm import alpha_from_softmax, att_svm
+from attnopt.svm import alpha_from_softmax, att_svm, att_svm_nuclear
 
 DEFAULT_SIZES = "50x10x32,100x16x64,1000x11x384"
 DEFAULT_P = "1.25,1.75,2,3"
@@ -78,7 +79,11 @@ def main(argv=None) -> int:
     ap.add_argument("--cvxpy-cache", default=None, help="JSON file caching cvxpy results between runs")
     ap.add_argument("--out", default=None, help="write the markdown report here")
     ap.add_argument("--note", default="", help="free text added to the report (e.g. machine load)")
+    ap.add_argument("--nuclear", action="store_true",
+                    help="benchmark att_svm_nuclear (fast interior point vs cvxpy) instead; --p is ignored")
     args = ap.parse_args(argv)
+    if args.nuclear:
+        args.p = "2"
 
     sizes = parse_sizes(args.sizes)
     ps = [float(v) for v in args.p.split(",")]
@@ -88,8 +93,9 @@ def main(argv=None) -> int:
 
     # warm-up: imports and first-call costs are not part of the timings
     Xw, Zw, aw = instance(5, 3, 4, 123)
-    att_svm(Xw, Zw, aw, 2.0, solver="fast")
-    att_svm(Xw, Zw, aw, 2.0, solver="cvxpy")
+    solve = (lambda X, Z, a, p, **kw: att_svm_nuclear(X, Z, a, **kw)) if args.nuclear else att_svm
+    solve(Xw, Zw, aw, 2.0, solver="fast")
+    solve(Xw, Zw, aw, 2.0, solver="cvxpy")
 
     header = ("| n | T | d | constraints | p | cvxpy s | fast s | speed-up | rel. obj. diff | "
               "max viol. fast | rel. gap fast | rel. gap cvxpy | fast evals |")
@@ -104,12 +110,12 @@ def main(argv=None) -> int:
             best = None
             for _ in range(max(1, args.repeat)):
                 t0 = time.perf_counter()
-                rf = att_svm(X, Z, alpha, p, solver="fast", tol=args.tol)
+                rf = solve(X, Z, alpha, p, solver="fast", tol=args.tol)
                 tf = time.perf_counter() - t0
                 if best is None or tf < best[0]:
                     best = (tf, rf)
             tf, rf = best
-            key = f"{n}x{T}x{d}|p={p}|seed={args.seed}"
+            key = f"{n}x{T}x{d}|{'nuclear' if args.nuclear else f'p={p}'}|seed={args.seed}"
             tc = obj_c = gap_c = None
             cached = False
             if m * d * d <= args.skip_cvxpy_above:
@@ -118,7 +124,7 @@ def main(argv=None) -> int:
                     cached = True
                 else:
                     t0 = time.perf_counter()
-                    rc = att_svm(X, Z, alpha, p, solver="cvxpy")
+                    rc = solve(X, Z, alpha, p, solver="cvxpy")
                     tc = time.perf_counter() - t0
                     obj_c, gap_c = rc.objective, rc.certificate.rel_gap
                     cache[key] = dict(time_s=tc, objective=obj_c, rel_gap=gap_c, status=rc.status,
@@ -128,7 +134,7 @@ def main(argv=None) -> int:
             c = rf.certificate
             ratio = None if tc is None else tc / tf
             rel = None if obj_c is None else abs(rf.objective - obj_c) / obj_c
-            line = (f"| {n} | {T} | {d} | {m} | {p:g} | {fmt_t(tc)}{' (cached)' if cached else ''} | {tf:.3g} | "
+            line = (f"| {n} | {T} | {d} | {m} | {'nuclear' if args.nuclear else f'{p:g}'} | {fmt_t(tc)}{' (cached)' if cached else ''} | {tf:.3g} | "
                     f"{'—' if ratio is None else f'{ratio:.0f}×'} | {fmt_e(rel)} | {fmt_e(c.max_violation)} | "
                     f"{fmt_e(c.rel_gap)}{'' if c.converged else ' (NOT converged: ' + rf.status + ')'} | "
                     f"{fmt_e(gap_c)} | {c.iterations} |")

@@ -120,3 +120,15 @@ def test_dual_exponent():
 def test_shape_mismatch_is_named():
     with pytest.raises(ValueError, match="do not broadcast"):
         m.bregman(np.ones((2, 3)), np.ones((3, 2)), 2.0)
+
+
+def test_directional_bregman_of_a_zero_matrix_is_undefined():  # issue 19 row 15
+    a = np.ones((2, 2))
+    for args in ((np.zeros((2, 2)), a), (a, np.zeros((2, 2)))):
+        with pytest.raises(ValueError, match="zero"):
+            m.directional_bregman(*args, 1.75)
+    batch = torch.from_numpy(np.stack([a, np.zeros((2, 2)), 2 * a]))
+    got = m.directional_bregman(torch.from_numpy(a), batch, 1.75, dim=(-2, -1), zero="nan")
+    assert got[0] == 0 and torch.isnan(got[1]) and got[2] == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ValueError, match="zero must be"):
+        m.directional_bregman(a, a, 2.0, zero="ignore")

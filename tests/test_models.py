@@ -59,3 +59,23 @@ def test_module_w_and_kq_parameterisations():
     assert [n for n, _ in fixed.named_parameters()] == ["W"]
     with pytest.raises(ValueError, match="W must have shape"):
         OneLayerAttention(3, W=torch.zeros(2, 2))
+
+
+def test_scaled_gradients_zero_and_batched():
+    """v = 0 makes every γ equal: the W-gradient is exactly zero (no NaN from log 0), and a
+    batch of instances gives each its own scale."""
+    from attnopt.models.attention import scaled_gradients
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(2, 4, 5, 3, generator=g, dtype=torch.float64)
+    z = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+    Y = torch.tensor([[1.0, -1.0, 1.0, -1.0]] * 2, dtype=torch.float64)
+    W = torch.randn(2, 3, 3, generator=g, dtype=torch.float64)
+    zero = scaled_gradients(X, Y, z, W, torch.zeros(2, 3, dtype=torch.float64), with_v=True)
+    assert torch.count_nonzero(zero.W) == 0 and torch.isfinite(zero.log_scale_W).all()
+    assert torch.count_nonzero(zero.v) > 0
+    v = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    both = scaled_gradients(X, Y, z, W * torch.tensor([1.0, 300.0], dtype=torch.float64)[:, None, None], v)
+    one = scaled_gradients(X[1], Y[1], z[1], 300.0 * W[1], v[1])
+    torch.testing.assert_close(both.W[1], one.W, rtol=1e-12, atol=0)
+    assert both.log_scale_W[1] < both.log_scale_W[0] - 10  # the saturated instance's gradient is far smaller

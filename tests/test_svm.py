@@ -235,8 +235,9 @@ def test_nuclear_variant():
     assert nuc.objective <= np.linalg.norm(fro.solution, "nuc") * (1 + 1e-7)
     with pytest.raises(ValueError, match="p = 2"):
         att_svm(X, Z, alpha, 1.5, nuclear=True)
-    with pytest.raises(ValueError, match="no fast solver"):
-        att_svm(X, Z, alpha, 2.0, nuclear=True, solver="fast")
+    ref = att_svm(X, Z, alpha, 2.0, nuclear=True, solver="cvxpy")  # the fast solver is the default
+    assert nuc.certificate.solver != ref.certificate.solver
+    assert nuc.objective == pytest.approx(ref.objective, rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -446,3 +447,46 @@ def test_cvxpy_refuses_huge_dense_matrix(monkeypatch):
     X, Z, alpha = random_instance(3, 3, 2, seed=18)
     with pytest.raises(ValueError, match="use solver='fast'"):
         att_svm(X, Z, alpha, 2.0, solver="cvxpy")
+
+
+# ---------------------------------------------------------------------------------------
+# units and options (issue 19 rows 10 and 15)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("scale", [1e-6, 1e-200, 1e200])
+def test_any_units_give_the_same_svm(solver, scale):
+    """The SVM is homogeneous: X·c gives W/c.  Tiny or huge units are solved at unit scale (no
+    false infeasibility, no wrong reason, no OverflowError)."""
+    X, Z, a = random_instance(6, 5, 4, seed=3)
+    ref = att_svm(X, Z, a, 1.75, solver=solver)
+    res = att_svm(X * scale, Z, a, 1.75, solver=solver)
+    assert res.converged and res.objective * scale == pytest.approx(ref.objective, rel=1e-6)
+    assert margins_of(X, Z, a, res.solution * scale)[~np.isnan(res.margins)].min() >= 1 - 1e-9
+    assert res.certificate.dual * scale == pytest.approx(res.certificate.primal * scale, rel=1e-5)
+    dec = decoder_svm(X * scale, np.sign(Z[:, 0]), a, 1.75, solver=solver) if solver != "cvxpy" else None
+    if dec is not None:
+        assert dec.objective * scale == pytest.approx(decoder_svm(X, np.sign(Z[:, 0]), a, 1.75).objective, rel=1e-6)
+
+
+def test_unrepresentable_solution_is_one_clear_error():
+    X, Z, a = random_instance(6, 5, 4, seed=3)
+    with pytest.raises(ValueError, match="outside float64") as err:
+        att_svm(X * 1e200, Z * 1e200, a, 2.0)  # W* ~ 1e-400
+    from attnopt.errors import UserError
+
+    assert isinstance(err.value, UserError) and "\n" not in str(err.value)
+
+
+def test_bad_options_are_rejected():
+    X, Z, a = _ok()
+    for kw, match in [(dict(viol_tol=float("nan")), "viol_tol"), (dict(viol_tol=-1), "viol_tol"),
+                      (dict(threads=-1), "threads"), (dict(threads=1.5), "threads"),
+                      (dict(time_limit=-1), "time_limit"), (dict(time_limit=float("nan")), "time_limit"),
+                      (dict(max_iter=0), "max_iter")]:
+        with pytest.raises(ValueError, match=match):
+            att_svm(X, Z, a, 2.0, **kw)
+    assert att_svm(X, Z, a, 2.0, viol_tol=0.0).certificate.max_violation == 0.0
+    for Y in ([0.5, 1.0, -1.0], [2.0, -1.0, 1.0]):
+        with pytest.raises(ValueError, match="Y must hold labels -1 or \\+1"):
+            decoder_svm(X, np.array(Y), a, 2.0)

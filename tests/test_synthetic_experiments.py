@@ -30,7 +30,7 @@ REDUCED = {1.75: 600, 2.0: 800, 3.0: 3000}
 @pytest.fixture(scope="module")
 def e1(tmp_path_factory):
     out = tmp_path_factory.mktemp("e1")
-    res = run_matrix(n_seeds=6, iterations=REDUCED, solver="cvxpy", out=out)
+    res = run_matrix(n_seeds=6, iterations=REDUCED, out=out)
     return res, out
 
 
@@ -220,12 +220,16 @@ def test_path_reduced(tmp_path):
         assert (tmp_path / name).is_file()
 
 
-def test_e2_selects_the_spec_tokens(tmp_path):
+@pytest.mark.parametrize("step", ["exact", "published"])
+def test_e2_selects_the_spec_tokens(tmp_path, step):
     # protocol iterations for p = 1.75 and 2; p = 3 reduced from 20,000 (its tokens are (0, 0)
     # from the first iterations on; the full count is exercised by `attnopt synthetic joint`)
-    res = run_joint(iterations={1.75: 1500, 2.0: 2000, 3.0: 3000}, solver="cvxpy", out=tmp_path)
+    # p = 3 gives the same numbers with both steps (no stall within its iterations): exact only
+    ps = (1.75, 2.0, 3.0) if step == "exact" else (1.75, 2.0)
+    res = run_joint(ps=ps, iterations={1.75: 1500, 2.0: 2000, 3.0: 3000}, out=tmp_path, step=step)
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["step"] == step
     got = {p: r.alpha for p, r in res.runs.items()}
-    assert got == {1.75: (1, 0), 2.0: (1, 0), 3.0: (0, 0)}
+    assert got == {p: t for p, t in {1.75: (1, 0), 2.0: (1, 0), 3.0: (0, 0)}.items() if p in ps}
     assert res.summary["all_match_spec"]
     for r in res.runs.values():
         assert r.first_iter_softmax_99 is not None and r.first_iter_softmax_99 <= 50
@@ -234,3 +238,87 @@ def test_e2_selects_the_spec_tokens(tmp_path):
         assert r.divergence_W[-1] < 0.02 and r.divergence_v[-1] < 0.01
         assert r.att_svm.status == "ok" and r.dec_svm.status == "ok"
     assert (tmp_path / "joint.png").is_file() and (tmp_path / "joint_history.csv").is_file()
+
+
+# ------------------------------------------------------------------ the step option, issue 19 rows, E7
+
+
+def test_step_is_an_option_recorded_in_config_json(tmp_path):
+    assert ConvergenceConfig().step == "exact" and PathConfig().step == "exact" and JointConfig().step == "exact"
+    res = run_convergence(ps=(2.0,), n_seeds=2, iterations=30, verdicts=False, step="published", out=tmp_path)
+    assert res.config.step == "published"
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["step"] == "published"
+    with pytest.raises(ConfigError, match="step"):
+        ConvergenceConfig(step="exactly")
+
+
+def test_exact_step_reaches_small_divergence_near_p_one():
+    """The issue's done-when check, reduced to 5 seeds: p = 1.1 and 1.25 at 1,500 iterations end
+    below D = 0.02 with the exact step and far above it with the published one (ε stall)."""
+    kw = dict(ps=(1.1, 1.25), n_seeds=5, iterations=1500, verdicts=False)
+    exact, pub = run_convergence(**kw), run_convergence(**kw, step="published")
+    for p in (1.1, 1.25):
+        assert exact.summary["per_p"][f"{p:g}"]["divergence_final_mean"] < 0.02
+        assert pub.summary["per_p"][f"{p:g}"]["divergence_final_mean"] > 0.1
+
+
+@pytest.mark.parametrize("iterations", [{1.75: 0}, {1.75: 0.5}, {1.75: -3}, 0])
+def test_zero_or_fractional_iterations_rejected(iterations):  # issue 19 row 8
+    with pytest.raises(ConfigError, match="iterations"):
+        ConvergenceConfig(ps=(1.75,), iterations=iterations)
+
+
+def test_demo_iterations_for_one_p():  # issue 19 row 9: no complaint about a setting never given
+    from attnopt.experiments.synthetic import DemoConfig
+
+    m, path, joint = DemoConfig(iterations={1.75: 30}).parts()
+    assert m.ps == path.ps == joint.ps == (1.75,)
+    with pytest.raises(ConfigError, match="iterations"):
+        DemoConfig(iterations={1.75: 0})
+
+
+def test_interrupted_run_leaves_an_incomplete_folder(tmp_path, monkeypatch):  # issue 19 row 5
+    from attnopt.experiments.synthetic import convergence
+    from attnopt.report.runs import is_complete
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convergence, "train_md", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_convergence(ps=(2.0,), n_seeds=2, iterations=10, out=tmp_path)
+    assert (tmp_path / "config.json").is_file() and not (tmp_path / "summary.json").exists()
+    assert not is_complete(tmp_path)
+
+
+def test_kq_reduced(tmp_path):
+    from attnopt.experiments.synthetic import KQConfig, run_kq
+
+    res = run_kq(n_seeds=3, ps=(2.0,), ranks=(10, 3), iterations=800, n_log=30, out=tmp_path)
+    full = res.summary["per_run"]["p=2,m=10"]
+    t = full["targets"]
+    assert all(t[k]["svm_not_ok"] == 0 for k in t)
+    assert full["closest_by_cosine"] == "nuclear"
+    assert t["nuclear"]["cosine_final_mean"] > t["l2"]["cosine_final_mean"] + 0.05
+    assert float(res.runs[(2.0, 10)].max_softmax[-1].mean()) > 0.95
+    for name in ("kq.png", "kq_history.csv", "report.md", "summary.json"):
+        assert (tmp_path / name).is_file()
+    with pytest.raises(ConfigError, match="ranks"):
+        KQConfig(ranks=(11,))
+
+
+def test_experiments_restore_threads_and_random_state():
+    import random
+
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        state = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        run_convergence(ps=(2.0,), n_seeds=2, iterations=10, verdicts=False)
+        assert torch.get_num_threads() == 2  # the run used one thread and gave the setting back
+        assert torch.equal(torch.get_rng_state(), state[0]) and np.array_equal(np.random.get_state()[1], state[1])
+        assert random.getstate() == state[2]
+    finally:
+        torch.set_num_threads(old)

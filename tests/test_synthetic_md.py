@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attnopt.data.synthetic import convergence_batch
-from attnopt.experiments._batched_md import log_grid, md_step, train_md
+from attnopt.experiments.synthetic.md import log_grid, md_step, train_md
 from attnopt.mirror import dual_exponent, grad_psi, grad_psi_star, lp_norm
 
 
@@ -94,3 +94,123 @@ def test_joint_training_moves_v_first():
     assert torch.count_nonzero(tr.W[1]) == 0 and torch.count_nonzero(tr.v[1]) > 0
     assert torch.count_nonzero(tr.W[2]) > 0
     assert torch.isfinite(tr.W).all() and torch.isfinite(tr.v).all()
+
+
+# ------------------------------------------------------------------ the exact step (issue 16)
+
+
+def _autograd(d, W, v, train_v=False):
+    from attnopt.models.attention import attention_output, logistic_loss
+
+    Wg, vg = W.clone().requires_grad_(True), v.clone().requires_grad_(train_v)
+    f, _ = attention_output(d.X, Wg, d.Z, vg)
+    return torch.autograd.grad(logistic_loss(f, d.Y).sum(), [Wg, vg] if train_v else [Wg])
+
+
+def _cos(a, b, dim=(-2, -1)):
+    a = a / a.abs().amax(dim, keepdim=True)  # (scaled first: the gradients may be ~1e-175)
+    b = b / b.abs().amax(dim, keepdim=True)
+    return (a * b).sum(dim) / (torch.linalg.vector_norm(a, dim=dim) * torch.linalg.vector_norm(b, dim=dim))
+
+
+def test_exact_gradient_equals_autograd_before_saturation():
+    from attnopt.models.attention import scaled_gradients
+
+    d = convergence_batch([1, 2, 3, 4], n=5, T=6, d=4)
+    W = d.W0
+    v = d.v * torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=torch.float64)[:, None]
+    gW, gv = _autograd(d, W, v, train_v=True)
+    g = scaled_gradients(d.X, d.Y, d.Z, W, v, with_v=True)
+    assert torch.all(_cos(g.W, gW) >= 1 - 1e-12)
+    assert torch.all(_cos(g.v, gv, dim=-1) >= 1 - 1e-12)
+    torch.testing.assert_close(g.W * g.log_scale_W.exp()[:, None, None], gW, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(g.v * g.log_scale_v.exp()[:, None], gv, rtol=1e-12, atol=1e-15)
+
+
+def _mp_gradient(X, Y, Z, v, W, dps):
+    """∂L/∂W of the logistic attention loss in mpmath at ``dps`` digits (the float64 reference)."""
+    mp = pytest.importorskip("mpmath")
+    n, T, dd = X.shape
+    with mp.workdps(dps):
+        G = [[mp.mpf(0)] * dd for _ in range(dd)]
+        for i in range(n):
+            x = [[mp.mpf(float(X[i, t, k])) for k in range(dd)] for t in range(T)]
+            z = [mp.mpf(float(Z[i, k])) for k in range(dd)]
+            Wz = [mp.fsum(mp.mpf(float(W[r, c])) * z[c] for c in range(dd)) for r in range(dd)]
+            a = [mp.fsum(x[t][r] * Wz[r] for r in range(dd)) for t in range(T)]
+            amax = max(a)
+            e = [mp.exp(at - amax) for at in a]
+            s = [et / mp.fsum(e) for et in e]
+            gam = [mp.fsum(x[t][r] * mp.mpf(float(v[r])) for r in range(dd)) for t in range(T)]
+            f = mp.fsum(st * gt for st, gt in zip(s, gam))
+            y = mp.mpf(float(Y[i]))
+            c = -y / (1 + mp.exp(y * f)) / n
+            for t in range(T):
+                ga = c * s[t] * (gam[t] - f)
+                for r in range(dd):
+                    for k in range(dd):
+                        G[r][k] += ga * x[t][r] * z[k]
+        norm = mp.sqrt(mp.fsum(G[r][k] ** 2 for r in range(dd) for k in range(dd)))
+        return torch.tensor([[float(G[r][k] / norm) for k in range(dd)] for r in range(dd)], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("gap", [40.0, 400.0, 2000.0])
+def test_exact_gradient_against_high_precision_reference_when_saturated(gap):
+    """At a score gap past ln(1/ε) ≈ 36 the selected token's softmax rounds to 1: autograd's
+    gradient is noise or zero, the exact one still agrees with a 1,000-digit reference."""
+    from attnopt.models.attention import scaled_gradients
+    from attnopt.svm import alpha_from_softmax, att_svm
+
+    d = convergence_batch([5], n=3, T=4, d=3).seed_slice(0)
+    alpha = alpha_from_softmax(d.X, d.W0, d.Z)
+    W = gap * torch.from_numpy(att_svm(d.X, d.Z, alpha, 2.0).solution)  # every score gap >= `gap`
+    ref = _mp_gradient(d.X, d.Y, d.Z, d.v, W, dps=1000)
+    g = scaled_gradients(d.X, d.Y, d.Z, W, d.v)
+    assert float(_cos(g.W, ref)) >= 1 - 1e-12
+    (auto,) = _autograd(d, W, d.v)
+    assert not float(_cos(auto, ref)) >= 1 - 1e-6  # (NaN for an all-zero autograd gradient)
+
+
+@pytest.mark.parametrize("p", [1.01, 1.1])
+def test_exact_step_near_p_one(p):
+    """p near 1: ‖W‖_p grows like (ηk)^{1/(p−1)} (exponent 100 at p = 1.01); the exact step keeps
+    moving (no ε stall), stays finite, and the divergence to the ℓp-AttSVM falls."""
+    from attnopt.experiments.synthetic.solves import SVMCache, divergence, selected_tokens
+
+    d = convergence_batch([1, 2, 3, 4], n=6, T=8, d=10)
+    K = 1500
+    runs = {s: train_md(d.X, d.Y, d.Z, d.v, d.W0, p, 0.1, K, log_iters=log_grid(K, 20), step=s)
+            for s in ("exact", "published")}
+    ex = runs["exact"]
+    assert torch.isfinite(ex.W).all() and torch.isfinite(ex.w_norm).all()
+    alpha = selected_tokens(d.X, ex.final_W, d.Z)
+    cache = SVMCache()
+    svm = [cache.att(s, d.X[s], d.Z[s], alpha[s], p) for s in range(4)]
+    D = divergence(svm, ex.W, p, drop_unconverged=True)
+    assert np.nanmean(D[-1]) < 0.05 and np.nanmean(D[-1]) < 0.1 * np.nanmean(D[0])
+    # the published step's norm stops growing once ‖G‖_q < ε; the exact one's does not
+    pub = runs["published"]
+    grow_ex = float(ex.w_norm[-1].mean() / ex.w_norm[-2].mean())
+    grow_pub = float(pub.w_norm[-1].mean() / pub.w_norm[-2].mean())
+    assert grow_ex > 1.0 + 1e-3 and grow_pub < grow_ex
+
+
+def test_exact_and_published_steps_agree_before_saturation():
+    d = convergence_batch([1, 2], n=4, T=5, d=3)
+    a = train_md(d.X, d.Y, d.Z, d.v, d.W0, 1.75, 0.1, 5, log_iters=np.arange(6), step="exact")
+    b = train_md(d.X, d.Y, d.Z, d.v, d.W0, 1.75, 0.1, 5, log_iters=np.arange(6), step="published", eps=0.0)
+    torch.testing.assert_close(a.W, b.W, rtol=1e-11, atol=1e-13)
+    c = train_md(d.X, d.Y, d.Z, d.v, d.W0, 1.75, 0.1, 5, log_iters=np.arange(6), step="exact", normalize=False)
+    e = train_md(d.X, d.Y, d.Z, d.v, d.W0, 1.75, 0.1, 5, log_iters=np.arange(6), step="published", normalize=False)
+    torch.testing.assert_close(c.W, e.W, rtol=1e-11, atol=1e-13)
+    with pytest.raises(ValueError, match="step"):
+        train_md(d.X, d.Y, d.Z, d.v, d.W0, 1.75, 0.1, 5, step="exactly")
+
+
+def test_exact_joint_step_zero_first_w_step():
+    from attnopt.data.synthetic import joint_instance
+
+    d = joint_instance()
+    tr = train_md(d.X, d.Y, d.Z, d.v, d.W0, 2.0, 0.1, 3, log_iters=np.arange(4), train_v=True, step="exact")
+    assert torch.count_nonzero(tr.W[1]) == 0 and torch.count_nonzero(tr.v[1]) > 0  # v(0) = 0: ∂L/∂W = 0
+    assert torch.isfinite(tr.W).all() and torch.count_nonzero(tr.W[2]) > 0

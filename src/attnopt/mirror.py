@@ -160,17 +160,30 @@ def normalize_lp(w: Array, p: float, dim: Dim = None) -> Array:
     return _back(out, was_np)
 
 
-def directional_bregman(w_svm: Array, w: Array, p: float, dim: Dim = None) -> Array:
+def directional_bregman(w_svm: Array, w: Array, p: float, dim: Dim = None, *, zero: str = "raise") -> Array:
     r"""The paper's convergence metric :math:`D_\psi(W^{mm}/\|W^{mm}\|_p,\; W/\|W\|_p)`.
 
     ``w_svm`` (the SVM solution) comes first and the iterate ``w`` second.  It lies in
     ``[0, 1 + ...]`` for unit-norm arguments and tends to 0 when ``w`` aligns with ``w_svm``.
+    A zero argument has no direction, so the divergence is undefined there: ``zero="raise"``
+    (default) raises a ValueError, ``zero="nan"`` returns NaN for those entries (batched use,
+    e.g. an iterate W(0) = 0).
     """
     p = check_p(p)
+    if zero not in ("raise", "nan"):
+        raise ValueError(f"zero must be 'raise' or 'nan', got {zero!r}")
     ta, np_a = _as_torch(w_svm)
     tb, np_b = _as_torch(w)
     tb = tb.to(ta.dtype)
     out = bregman(normalize_lp(ta, p, dim), normalize_lp(tb, p, dim), p, dim)
+    na, nb = lp_norm(ta, p, dim=dim), lp_norm(tb, p, dim=dim)
+    undefined = torch.broadcast_to((na == 0) | (nb == 0), out.shape)
+    if bool(undefined.any()):
+        if zero == "raise":
+            which = "w_svm" if bool((na == 0).any()) else "w"
+            raise ValueError(f"directional_bregman: {which} is zero (in at least one entry of the batch), and a zero "
+                             "matrix has no direction; pass zero='nan' to get NaN there")
+        out = torch.where(undefined, torch.full_like(out, math.nan), out)
     return _back(out, np_a and np_b)
 
 

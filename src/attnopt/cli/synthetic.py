@@ -1,8 +1,7 @@
-"""``attnopt synthetic …`` (E1 convergence, matrix, path; E2 joint) and ``attnopt demo``."""
+"""``attnopt synthetic …`` (E1 convergence, matrix, path; E2 joint; E7 kq) and ``attnopt demo``."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -11,9 +10,8 @@ import typer
 
 from attnopt.cli._common import (OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app, open_out,
                                  parse_iters, parse_seeds, progress_bars)
-from attnopt.report.tables import fmt
 
-app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path) and E2 (joint W, v).")
+app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path), E2 (joint W, v), E7 (K, Q).")
 
 # --------------------------------------------------------------------------------------
 # options shared by the synthetic commands
@@ -36,15 +34,18 @@ QueryOpt = Annotated[str, typer.Option("--query", help="z_i: 'random' (own vecto
 SolverOpt = Annotated[str, typer.Option("--solver", help="SVM solver: auto, fast or cvxpy.")]
 TolOpt = Annotated[float, typer.Option("--tol", help="SVM relative duality-gap tolerance.")]
 NLogOpt = Annotated[int, typer.Option("--n-log", help="Size of the log-spaced grid of stored iterates.")]
-EpsOpt = Annotated[float, typer.Option("--eps", help="ε of the normalised step ‖g‖_q + ε (published: float64 eps).")]
+EpsOpt = Annotated[float, typer.Option("--eps", help="ε of the published step g/(‖g‖_q + ε) (float64 eps, as published).")]
+StepOpt = Annotated[str, typer.Option(
+    "--step", help="Normalised step: 'exact' (gradient without cancellation, g/‖g‖_q) or 'published' "
+    "(autograd, g/(‖g‖_q + ε)).")]
 
 _EPS = 2.220446049250313e-16
 
 
 def _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log,
-               eps) -> dict:
+               eps, step) -> dict:
     kw = dict(iterations=parse_iters(iters), n_seeds=n_seeds, seed_start=seed_start, lr=lr, n=n, T=T, d=d,
-              init=init, init_std=init_std, query=query, solver=solver, tol=tol, n_log=n_log, eps=eps)
+              init=init, init_std=init_std, query=query, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
     if seeds:
@@ -58,66 +59,20 @@ def _config(cls, values: dict):
 
 
 # --------------------------------------------------------------------------------------
-# summary tables
+# the experiments' tables on the console
 
 
-def _convergence_table(res, title: str = "E1 convergence"):
+def _show(con, table, title: str | None = None) -> None:
+    """Print one of the experiments' tables (``records.Table``); Markdown bold becomes green bold."""
     from rich.table import Table
 
-    t = Table(title=title)
-    for col in ("p", "iters", "D final (mean ± std)", "seeds used", "SVM not ok", "global/local/neither",
-                "rate fit (best, R²)"):
-        t.add_column(col, justify="right")
-    for key, s in res.summary["per_p"].items():
-        c, v, f = s["svm"], s["verdicts"], s["rate_fit"]
-        best = f["best"]
-        r2 = f.get(f"{best}_r2", float("nan")) if best != "none" else float("nan")
-        t.add_row(key, str(s["iterations"]), fmt(s["divergence_final_mean"], s["divergence_final_std"]),
-                  f"{s['seeds_used']}/{s['seeds']}", str(c["unconverged"] + c["infeasible"] + c["error"]),
-                  f"{v['global']}/{v['local']}/{v['neither']}", f"{best} ({fmt(r2)})")
-    return t
-
-
-def _matrix_table(res):
-    from rich.table import Table
-
-    t = Table(title="E1 matrix: final D_ψp(W_q^mm, W_p(k)) (mean ± std)")
-    t.add_column("p trained \\ q SVM")
-    for q in res.qs:
-        t.add_column(f"q = {q:g}", justify="right")
-    for p in res.convergence.runs:
-        cells = []
-        for q in res.qs:
-            c = fmt(*res.final(p, q))
-            cells.append(f"[bold green]{c}[/]" if math.isclose(p, q) else c)
-        t.add_row(f"p = {p:g}", *cells)
-    return t
-
-
-def _joint_table(res):
-    from rich.table import Table
-
-    t = Table(title="E2 joint: selected tokens")
-    for col in ("p", "iters", "tokens α", "spec", "match", "D(W)", "D(v)", "softmax≥.99 at k", "verdict"):
-        t.add_column(col, justify="right")
-    for key, s in res.summary["per_p"].items():
-        m = s["matches_spec"]
-        t.add_row(key, str(s["iterations"]), str(tuple(s["alpha"])), str(tuple(s["expected"])) if s["expected"] else "–",
-                  "[green]yes[/]" if m else ("[red]NO[/]" if m is False else "–"), fmt(s["divergence_W_final"]),
-                  fmt(s["divergence_v_final"]), str(s["first_iteration_max_softmax_ge_0.99"]), s["verdict"])
-    return t
-
-
-def _path_table(res):
-    from rich.table import Table
-
-    t = Table(title=f"E1 path (seed {res.config.seed})")
-    for col in ("p", "iters", "α", "SVM", "D final", "verdict", "max-softmax"):
-        t.add_column(col, justify="right")
-    for key, s in res.summary["per_p"].items():
-        t.add_row(key, str(s["iterations"]), str(tuple(s["alpha"])), s["svm_status"], fmt(s["divergence_final"]),
-                  s["verdict"], f"{s['max_softmax_final']:.4f}")
-    return t
+    name, header, rows = table
+    t = Table(title=title or name)
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for row in rows:
+        t.add_row(*(f"[bold green]{c[2:-2]}[/]" if c.startswith("**") and c.endswith("**") else c for c in row))
+    con.print(t)
 
 
 # --------------------------------------------------------------------------------------
@@ -129,7 +84,7 @@ def convergence(
     p: POpt = None, iters: ItersOpt = None, seeds: SeedsOpt = None, n_seeds: NSeedsOpt = 100,
     seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
     init: InitOpt = "normal", init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto",
-    tol: TolOpt = 1e-6, n_log: NLogOpt = 200, eps: EpsOpt = _EPS,
+    tol: TolOpt = 1e-6, n_log: NLogOpt = 200, eps: EpsOpt = _EPS, step: StepOpt = "exact",
     fit_from: Annotated[Optional[int], typer.Option("--fit-from", help="First iteration of the rate fit.")] = None,
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
@@ -138,12 +93,15 @@ def convergence(
     from attnopt.experiments.synthetic import ConvergenceConfig, run_convergence
 
     cfg = _config(ConvergenceConfig, dict(fit_from=fit_from, **_e1_values(
-        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps)))
+        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps, step)))
     rd = open_out(out, "e1-convergence", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_convergence(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic import records
+
     con = console()
-    con.print(_convergence_table(res))
+    _show(con, records.convergence_table(res))
+    _show(con, records.rate_table(res))
     s = res.seconds
     con.print(f"training {s['train']:.1f} s, SVM + verdicts {s['svm']:.1f} s ({res.cache.solves} solves)")
     finish(con, rd.path, t0, "E1 convergence")
@@ -156,7 +114,7 @@ def matrix(
     iters: ItersOpt = None, seeds: SeedsOpt = None, n_seeds: NSeedsOpt = 100, seed_start: SeedStartOpt = 1,
     lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10, init: InitOpt = "normal", init_std: InitStdOpt = 1.0,
     query: QueryOpt = "random", solver: SolverOpt = "auto", tol: TolOpt = 1e-6, n_log: NLogOpt = 200,
-    eps: EpsOpt = _EPS,
+    eps: EpsOpt = _EPS, step: StepOpt = "exact",
     alpha_from: Annotated[str, typer.Option("--alpha-from", help="Tokens of the q-SVM: 'p' (the p-run's, same α) "
                                             "or 'q' (the q-run's, as published).")] = "p",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
@@ -165,7 +123,8 @@ def matrix(
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import MatrixConfig, run_matrix
 
-    kw = _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps)
+    kw = _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps,
+                    step)
     kw["alpha_from"] = alpha_from
     if q:
         kw["qs"] = tuple(q)
@@ -173,9 +132,11 @@ def matrix(
     rd = open_out(out, "e1-matrix", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_matrix(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic import records
+
     con = console()
-    con.print(_convergence_table(res.convergence))
-    con.print(_matrix_table(res))
+    _show(con, records.convergence_table(res.convergence))
+    _show(con, records.matrix_table(res))
     cs = res.convergence.seconds
     con.print(f"training {cs['train']:.1f} s, matched SVM + verdicts {cs['svm']:.1f} s, "
               f"extra matrix SVMs {res.seconds['extra_svm']:.1f} s ({res.seconds['extra_svm_solves']} solves)")
@@ -199,7 +160,7 @@ def path(
     lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
     init: Annotated[str, typer.Option("--init", help="W(0): 'zeros' (published path run) or 'normal'.")] = "zeros",
     init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto", tol: TolOpt = 1e-6,
-    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS,
+    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS, step: StepOpt = "exact",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """E1-path: two entries of W(k) against the rescaled ℓp-AttSVM ray (one seed)."""
@@ -207,7 +168,7 @@ def path(
     from attnopt.experiments.synthetic import PathConfig, run_path
 
     kw = dict(seed=seed, iterations=parse_iters(iters), lr=lr, n=n, T=T, d=d, init=init, init_std=init_std,
-              query=query, solver=solver, tol=tol, n_log=n_log, eps=eps)
+              query=query, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
     if entry:
@@ -218,33 +179,66 @@ def path(
     rd = open_out(out, "e1-path", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_path(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic.trajectories import path_table
+
     con = console()
-    con.print(_path_table(res))
+    _show(con, path_table(res))
     finish(con, rd.path, t0, "E1 path")
 
 
 @app.command("joint")
 def joint(
     p: POpt = None, iters: ItersOpt = None, lr: LrOpt = 0.1, solver: SolverOpt = "auto", tol: TolOpt = 1e-6,
-    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS,
+    n_log: NLogOpt = 1000, eps: EpsOpt = _EPS, step: StepOpt = "exact",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """E2: joint ℓp-JointGD on the spec's two-sample instance (W → ℓp-AttSVM, v → ℓp-SVM)."""
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import JointConfig, run_joint
 
-    kw = dict(iterations=parse_iters(iters), lr=lr, solver=solver, tol=tol, n_log=n_log, eps=eps)
+    kw = dict(iterations=parse_iters(iters), lr=lr, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
     cfg = _config(JointConfig, kw)
     rd = open_out(out, "e2-joint", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_joint(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic.trajectories import joint_table
+
     con = console()
-    con.print(_joint_table(res))
+    _show(con, joint_table(res))
     if not res.summary["all_match_spec"]:
         con.print("[bold red]the selected tokens differ from the spec's[/]")
     finish(con, rd.path, t0, "E2 joint")
+
+
+@app.command("kq")
+def kq(
+    p: POpt = None,
+    rank: Annotated[Optional[List[int]], typer.Option("--rank", help="Inner dimension m of K, Q ∈ R^{d×m} "
+                                                      "(repeatable). Default: d and 3.")] = None,
+    iters: ItersOpt = None, n_seeds: NSeedsOpt = 20, seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6,
+    T: TOpt = 8, d: DOpt = 10,
+    init_std: Annotated[float, typer.Option("--init-std", help="Std of the entries of K(0) and Q(0).")] = 0.1,
+    solver: SolverOpt = "auto", tol: TolOpt = 1e-6, n_log: NLogOpt = 100, eps: EpsOpt = _EPS,
+    step: StepOpt = "exact", out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """E7: W = K Qᵀ trained by ℓp-MD; which SVM (nuclear, Frobenius, ℓp) its direction approaches."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.synthetic.kq import KQConfig, kq_table, run_kq
+
+    kw = dict(iterations=parse_iters(iters), n_seeds=n_seeds, seed_start=seed_start, lr=lr, n=n, T=T, d=d,
+              init_std=init_std, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
+    if p:
+        kw["ps"] = tuple(p)
+    kw["ranks"] = tuple(rank) if rank else tuple(dict.fromkeys((d, min(3, d))))
+    cfg = _config(KQConfig, kw)
+    rd = open_out(out, "e7-kq", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_kq(cfg, out=rd, progress=cb)
+    con = console()
+    _show(con, kq_table(res))
+    finish(con, rd.path, t0, "E7 (K, Q)")
 
 
 def demo(
@@ -252,21 +246,25 @@ def demo(
     n_seeds: Annotated[int, typer.Option("--n-seeds", help="Seeds of the reduced E1.")] = 20,
     iters: Annotated[Optional[str], typer.Option(
         "--iters", help="Iterations (default 1.75=300,2=400,3=3000).")] = None,
-    solver: SolverOpt = "auto", overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
+    solver: SolverOpt = "auto", step: StepOpt = "exact", overwrite: OverwriteOpt = False,
+    progress: ProgressOpt = True,
 ) -> None:
     """A reduced E1 (convergence + matrix + path) and E2: about 15 s on 2 CPU cores."""
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import DemoConfig, run_demo
 
-    cfg = _config(DemoConfig, dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver))
+    cfg = _config(DemoConfig, dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver, step=step))
     rd = open_out(out, "demo", cfg, overwrite=overwrite)
     with guard(rd.path), progress_bars(progress) as cb:
         res = run_demo(cfg, out=rd, progress=cb)
+    from attnopt.experiments.synthetic import records
+    from attnopt.experiments.synthetic.trajectories import joint_table, path_table
+
     con = console()
-    con.print(_convergence_table(res.matrix.convergence, title=f"E1 convergence (reduced: {cfg.n_seeds} seeds)"))
-    con.print(_matrix_table(res.matrix))
-    con.print(_path_table(res.path))
-    con.print(_joint_table(res.joint))
+    _show(con, records.convergence_table(res.matrix.convergence), f"E1 convergence (reduced: {cfg.n_seeds} seeds)")
+    _show(con, records.matrix_table(res.matrix))
+    _show(con, path_table(res.path))
+    _show(con, joint_table(res.joint))
     below, tokens = res.summary["matched_is_smallest"], res.summary["e2_tokens_match_spec"]
     ok = all(below.values()) and tokens
     con.print(("[bold green]" if ok else "[bold red]") + "matched q = p divergence smallest in every row: "

@@ -122,6 +122,21 @@ def convergence_batch(
     return SyntheticData(stack("X"), stack("Y"), stack("Z"), stack("v"), stack("W0"), seeds)
 
 
+def kq_init(seeds: Sequence[int], d: int, m: int, std: float, dtype: torch.dtype = torch.float64):
+    """Initial factors ``K, Q (S, d, m)`` with N(0, std²) entries for the (K, Q) run of each seed,
+    drawn from a generator seeded with ``seed + 1_000_003`` (the E1 data of the seed are
+    untouched; the same seed gives the same factors for every p)."""
+    _check_sizes(1, 2, d)
+    if not isinstance(m, int) or isinstance(m, bool) or m < 1:
+        raise ValueError(f"m must be an integer >= 1, got {m!r}")
+    Ks, Qs = [], []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(int(seed) + 1_000_003)
+        Ks.append(std * torch.randn(d, m, generator=g))
+        Qs.append(std * torch.randn(d, m, generator=g))
+    return torch.stack(Ks).to(dtype), torch.stack(Qs).to(dtype)
+
+
 #: The E2 tokens of the spec (two samples, three tokens each, d = 2).
 JOINT_X = (
     ((-2.7, 1.2), (1.4, 2.1), (1.3, -0.1)),
@@ -144,6 +159,7 @@ __all__ = [
     "convergence_instance",
     "convergence_batch",
     "joint_instance",
+    "kq_init",
     "JOINT_X",
     "JOINT_Y",
     "QUERIES",

@@ -9,7 +9,8 @@ Every function takes plain arrays (no experiment objects) and returns a ``Figure
 * :func:`sweep_figure` — final divergence against p;
 * :func:`verdict_figure` — token-optimality verdict counts per p;
 * :func:`path_figure` — E1-path: two entries of W(k) vs the rescaled SVM ray;
-* :func:`joint_figure` — E2: W and v paths vs their SVM rays, softmax and logistic probability.
+* :func:`joint_figure` — E2: W and v paths vs their SVM rays, softmax and logistic probability;
+* :func:`kq_figure` — E7: 1 − cosine of K Qᵀ to each target SVM, one panel per (p, m).
 """
 
 from __future__ import annotations
@@ -234,7 +235,23 @@ def joint_figure(w_paths: Mapping[str, tuple[np.ndarray, np.ndarray]], v_paths: 
     return fig
 
 
+def kq_figure(panels: Mapping[str, Series], *, n_seeds: int | None = None):
+    """E7: one panel per (p, m), 1 − cosine of K(k)Q(k)ᵀ to each target SVM against k (log-log)."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, sharey=True)
+    for ax, (label, series) in zip(axes.flat, panels.items()):
+        mean_std_axes(ax, series, ylabel="1 − cos(K Qᵀ, SVM)", title=label, logy=True)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle("E7: direction of K Qᵀ against the nuclear-norm, Frobenius and ℓp AttSVMs"
+                 + (f" (mean ± std, {n_seeds} seeds)" if n_seeds else ""))
+    fig.tight_layout()
+    return fig
+
+
 __all__ = [
     "mean_std_axes", "convergence_figure", "matrix_figure", "rate_figure", "sweep_figure", "verdict_figure",
-    "path_figure", "joint_figure",
+    "path_figure", "joint_figure", "kq_figure",
 ]

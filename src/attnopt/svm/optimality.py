@@ -17,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from attnopt.svm.api import DEFAULT_ACTIVE_TOL, att_svm
-from attnopt.svm.problem import SVMInfeasibleError, SVMResult, as_alpha, as_float_array, check_tol
+from attnopt.svm.problem import SVMInfeasibleError, SVMInputError, SVMResult, as_alpha, as_float_array, check_tol
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ def alpha_from_softmax(X: Any, W: Any, Z: Any) -> np.ndarray:
     W = as_float_array(W, "W", 2)
     Z = as_float_array(Z, "Z", 2)
     if W.shape != (d, d):
-        raise ValueError(f"W must have shape ({d}, {d}), got {W.shape}")
+        raise SVMInputError(f"W must have shape ({d}, {d}), got {W.shape}")
     if Z.shape != (n, d):
-        raise ValueError(f"Z must have shape ({n}, {d}), got {Z.shape}")
+        raise SVMInputError(f"Z must have shape ({n}, {d}), got {Z.shape}")
     scores = np.einsum("itd,id->it", X, Z @ W.T)
     return np.argmax(scores, axis=1).astype(np.int64)
 
@@ -94,13 +94,13 @@ def token_optimality(X: Any, Y: Any, Z: Any, v: Any, alpha: Any, p: float, tol: 
     X = as_float_array(X, "X", 3)
     n, T, d = X.shape
     if n == 0 or T < 2:
-        raise ValueError(f"empty input: X has shape {X.shape} (need n >= 1 samples and T >= 2 tokens)")
+        raise SVMInputError(f"empty input: X has shape {X.shape} (need n >= 1 samples and T >= 2 tokens)")
     Y = as_float_array(Y, "Y", 1)
     if Y.shape != (n,):
-        raise ValueError(f"Y must have shape ({n},), got {Y.shape}")
+        raise SVMInputError(f"Y must have shape ({n},), got {Y.shape}")
     v = as_float_array(v, "v", 1)
     if v.shape != (d,):
-        raise ValueError(f"v must have shape ({d},), got {v.shape}")
+        raise SVMInputError(f"v must have shape ({d},), got {v.shape}")
     a = as_alpha(alpha, n, T)
     tol = check_tol(tol)
     scores = Y[:, None] * np.einsum("itd,d->it", X, v)

@@ -26,6 +26,7 @@ an upper bound.  ``gap = primal − dual ≥ 0`` bounds the suboptimality of the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -33,16 +34,21 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from attnopt.errors import UserError
 from attnopt.mirror import check_p, dual_exponent, lp_norm
 
 SOLVERS = ("auto", "fast", "cvxpy")
 
 
-class SVMInputTypeError(ValueError, TypeError):
+class SVMInputError(UserError, ValueError):
+    """Malformed input or option of an SVM (wrong shape, NaN, α out of range, bad tolerance …)."""
+
+
+class SVMInputTypeError(SVMInputError, TypeError):
     """Malformed input of the wrong kind (e.g. non-integer alpha): both a ValueError and a TypeError."""
 
 
-class SVMInfeasibleError(ValueError):
+class SVMInfeasibleError(UserError, ValueError):
     """The SVM has no feasible point.  ``.samples`` lists the sample indices responsible."""
 
     def __init__(self, message: str, samples: Sequence[int] = (), constraints: Sequence[tuple[int, int]] = ()):
@@ -137,17 +143,17 @@ def as_float_array(x: Any, name: str, ndim: int) -> np.ndarray:
         raise SVMInputTypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+        raise SVMInputError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if arr.size and not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
-        raise ValueError(f"{name} contains NaN or inf (first at index {tuple(int(b) for b in bad)})")
+        raise SVMInputError(f"{name} contains NaN or inf (first at index {tuple(int(b) for b in bad)})")
     return arr
 
 
 def as_alpha(alpha: Any, n: int, T: int) -> np.ndarray:
     arr = _to_numpy(alpha, "alpha")
     if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"alpha must have shape ({n},) (one selected token per sample), got shape {arr.shape}")
+        raise SVMInputError(f"alpha must have shape ({n},) (one selected token per sample), got shape {arr.shape}")
     if arr.dtype == bool:
         raise SVMInputTypeError("alpha must hold integer token indices, got booleans")
     if np.issubdtype(arr.dtype, np.floating):
@@ -159,7 +165,7 @@ def as_alpha(alpha: Any, n: int, T: int) -> np.ndarray:
     a = arr.astype(np.int64)
     bad = np.flatnonzero((a < 0) | (a >= T))
     if bad.size:
-        raise ValueError(
+        raise SVMInputError(
             f"alpha out of range: tokens are indexed 0..{T - 1}, but alpha[{int(bad[0])}] = {int(a[bad[0]])} "
             f"({bad.size} sample(s) out of range: {bad[:10].tolist()})"
         )
@@ -168,15 +174,31 @@ def as_alpha(alpha: Any, n: int, T: int) -> np.ndarray:
 
 def check_solver(solver: str) -> str:
     if not isinstance(solver, str) or solver.lower() not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        raise SVMInputError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     return solver.lower()
 
 
-def check_tol(tol: float, name: str = "tol") -> float:
-    t = float(tol)
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {tol!r}")
+def check_tol(tol: float, name: str = "tol", *, zero_ok: bool = False) -> float:
+    try:
+        t = float(tol)
+    except (TypeError, ValueError):
+        raise SVMInputError(f"{name} must be a positive finite number, got {tol!r}") from None
+    if not math.isfinite(t) or t < 0 or (t == 0 and not zero_ok):
+        raise SVMInputError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {tol!r}")
     return t
+
+
+def check_options(*, tol: float, active_tol: float, viol_tol: float, max_iter: Any, time_limit: Any,
+                  threads: Any) -> tuple:
+    """The solver options, checked: ``(tol, active_tol, viol_tol, max_iter, time_limit, threads)``."""
+    tol, active_tol = check_tol(tol), check_tol(active_tol, "active_tol")
+    viol_tol = check_tol(viol_tol, "viol_tol", zero_ok=True)
+    for name, val in (("max_iter", max_iter), ("threads", threads)):
+        if val is not None and (isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < 1):
+            raise SVMInputError(f"{name} must be a positive integer or None, got {val!r}")
+    if time_limit is not None:
+        time_limit = check_tol(time_limit, "time_limit")
+    return tol, active_tol, viol_tol, max_iter, time_limit, threads
 
 
 def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndarray:
@@ -191,10 +213,10 @@ def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndar
         mask = np.asarray(neighbors.detach().cpu().numpy() if isinstance(neighbors, torch.Tensor) else neighbors,
                           dtype=bool)
         if mask.shape != (n, T):
-            raise ValueError(f"a boolean neighbors mask must have shape ({n}, {T}), got {mask.shape}")
+            raise SVMInputError(f"a boolean neighbors mask must have shape ({n}, {T}), got {mask.shape}")
         bad = np.flatnonzero(mask[np.arange(n), alpha])
         if bad.size:
-            raise ValueError(f"neighbors of sample {int(bad[0])} contain its selected token alpha={int(alpha[bad[0]])}")
+            raise SVMInputError(f"neighbors of sample {int(bad[0])} contain its selected token alpha={int(alpha[bad[0]])}")
         return mask.copy()
     try:
         seq = list(neighbors)
@@ -202,7 +224,7 @@ def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndar
         raise SVMInputTypeError(
             "neighbors must be None, an (n, T) boolean mask, or a sequence of n index collections") from None
     if len(seq) != n:
-        raise ValueError(f"neighbors must hold one index collection per sample (n={n}), got {len(seq)}")
+        raise SVMInputError(f"neighbors must hold one index collection per sample (n={n}), got {len(seq)}")
     mask = np.zeros((n, T), dtype=bool)
     for i, nb in enumerate(seq):  # one entry per sample: a loop over samples, not constraints
         idx = _to_numpy(nb, f"neighbors[{i}]")
@@ -210,16 +232,16 @@ def _neighbor_mask(neighbors: Any, alpha: np.ndarray, n: int, T: int) -> np.ndar
         if idx.size == 0:
             continue
         if idx.ndim != 1:
-            raise ValueError(f"neighbors[{i}] must be a 1-D collection of token indices, got shape {idx.shape}")
+            raise SVMInputError(f"neighbors[{i}] must be a 1-D collection of token indices, got shape {idx.shape}")
         if idx.dtype == bool or not (np.issubdtype(idx.dtype, np.integer) or (
             np.issubdtype(idx.dtype, np.floating) and np.all(idx == np.round(idx)))):
             raise SVMInputTypeError(f"neighbors[{i}] must hold integer token indices, got {idx!r}")
         idx = idx.astype(np.int64)
         if np.any((idx < 0) | (idx >= T)):
             out = idx[(idx < 0) | (idx >= T)].tolist()
-            raise ValueError(f"neighbors[{i}] has token indices out of range 0..{T - 1}: {out}")
+            raise SVMInputError(f"neighbors[{i}] has token indices out of range 0..{T - 1}: {out}")
         if np.any(idx == alpha[i]):
-            raise ValueError(f"neighbors[{i}] contains the selected token alpha[{i}] = {int(alpha[i])}")
+            raise SVMInputError(f"neighbors[{i}] contains the selected token alpha[{i}] = {int(alpha[i])}")
         mask[i, idx] = True
     return mask
 
@@ -241,8 +263,11 @@ class Problem:
     mask: np.ndarray  # (n, T) bool (att) or (n,) bool (decoder)
     rows: np.ndarray  # (m,) sample index
     cols: np.ndarray  # (m,) token index (att); zeros (decoder)
-    D: np.ndarray  # (m, d): x_{i alpha} - x_{it} (att) or Y_i x_{i alpha} (decoder)
-    Z: Optional[np.ndarray]  # (n, d) queries (att) or None (decoder)
+    D: np.ndarray  # (m, d): x_{i alpha} - x_{it} (att) or Y_i x_{i alpha} (decoder), rescaled
+    Z: Optional[np.ndarray]  # (n, d) queries (att) or None (decoder), rescaled
+    #: the constraints are held divided by 2^scale_exp (D and Z each by a power of two, so
+    #: exactly): the solvers see data of order one, and the solution is W' · 2^-scale_exp
+    scale_exp: int = 0
 
     @property
     def m(self) -> int:
@@ -307,22 +332,37 @@ def att_problem(X, Z, alpha, p, neighbors=None) -> Problem:
     X = as_float_array(X, "X", 3)
     n, T, d = X.shape
     if n == 0:
-        raise ValueError("empty input: X has no samples (n = 0)")
+        raise SVMInputError("empty input: X has no samples (n = 0)")
     if T < 2:
-        raise ValueError(f"X must have at least 2 tokens per sample to separate (T = {T})")
+        raise SVMInputError(f"X must have at least 2 tokens per sample to separate (T = {T})")
     if d == 0:
-        raise ValueError("empty input: X has token dimension d = 0")
+        raise SVMInputError("empty input: X has token dimension d = 0")
     Z = as_float_array(Z, "Z", 2)
     if Z.shape != (n, d):
-        raise ValueError(f"Z must have shape (n, d) = ({n}, {d}) to match X {X.shape}, got {Z.shape}")
+        raise SVMInputError(f"Z must have shape (n, d) = ({n}, {d}) to match X {X.shape}, got {Z.shape}")
     alpha = as_alpha(alpha, n, T)
     mask = _neighbor_mask(neighbors, alpha, n, T)
     rows, cols = np.nonzero(mask)
-    Dfull = X[np.arange(n), alpha][:, None, :] - X  # (n, T, d)
-    D = Dfull[rows, cols]
-    prob = Problem("att", p, n, T, d, alpha, mask, rows.astype(np.int64), cols.astype(np.int64), D, Z)
-    _check_trivially_infeasible(prob, X)
+    with np.errstate(over="ignore"):
+        Dfull = X[np.arange(n), alpha][:, None, :] - X  # (n, T, d)
+    D, eD = _unit_scale(Dfull[rows, cols], "X (differences of its tokens)")
+    Z, eZ = _unit_scale(Z, "Z")
+    prob = Problem("att", p, n, T, d, alpha, mask, rows.astype(np.int64), cols.astype(np.int64), D, Z, eD + eZ)
+    _check_trivially_infeasible(prob)
     return prob
+
+
+def _unit_scale(A: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """``(A / 2^e, e)`` with 2^e the power of two at the largest magnitude (exact: only the
+    exponents change), so that a problem's data are of order one whatever their units; the
+    SVM is homogeneous (W* scales by 1/c when A does by c)."""
+    if not np.all(np.isfinite(A)):
+        raise SVMInputError(f"{name} overflows float64 (entries near 1.8e308); rescale the input")
+    mx = float(np.max(np.abs(A))) if A.size else 0.0
+    if mx == 0.0:
+        return A, 0
+    e = math.frexp(mx)[1]
+    return np.ldexp(A, -e), e
 
 
 def decoder_problem(X, Y, alpha, p) -> Problem:
@@ -331,18 +371,22 @@ def decoder_problem(X, Y, alpha, p) -> Problem:
     X = as_float_array(X, "X", 3)
     n, T, d = X.shape
     if n == 0:
-        raise ValueError("empty input: X has no samples (n = 0)")
+        raise SVMInputError("empty input: X has no samples (n = 0)")
     if T < 1 or d == 0:
-        raise ValueError(f"empty input: X has shape {X.shape}")
+        raise SVMInputError(f"empty input: X has shape {X.shape}")
     Y = as_float_array(Y, "Y", 1)
     if Y.shape != (n,):
-        raise ValueError(f"Y must have shape ({n},) to match X {X.shape}, got {Y.shape}")
+        raise SVMInputError(f"Y must have shape ({n},) to match X {X.shape}, got {Y.shape}")
     if np.any(Y == 0):
-        raise ValueError(f"Y must be nonzero labels (±1), got Y[{int(np.flatnonzero(Y == 0)[0])}] = 0")
+        raise SVMInputError(f"Y must be nonzero labels (±1), got Y[{int(np.flatnonzero(Y == 0)[0])}] = 0")
+    bad = np.flatnonzero(np.abs(Y) != 1)
+    if bad.size:
+        raise SVMInputError(f"Y must hold labels -1 or +1, got Y[{int(bad[0])}] = {Y[bad[0]]:g}")
     alpha = as_alpha(alpha, n, T)
-    D = Y[:, None] * X[np.arange(n), alpha]
+    D, eD = _unit_scale(Y[:, None] * X[np.arange(n), alpha], "X")
     rows = np.arange(n, dtype=np.int64)
-    prob = Problem("decoder", p, n, T, d, alpha, np.ones(n, dtype=bool), rows, np.zeros(n, dtype=np.int64), D, None)
+    prob = Problem("decoder", p, n, T, d, alpha, np.ones(n, dtype=bool), rows, np.zeros(n, dtype=np.int64), D, None,
+                   eD)
     zero = np.flatnonzero(np.all(D == 0, axis=1))
     if zero.size:
         raise SVMInfeasibleError(
@@ -351,13 +395,13 @@ def decoder_problem(X, Y, alpha, p) -> Problem:
     return prob
 
 
-def _check_trivially_infeasible(prob: Problem, X: np.ndarray) -> None:
-    """Constraints whose matrix A_k vanishes (duplicate selected token, or z_i = 0): 0 >= 1."""
+def _check_trivially_infeasible(prob: Problem) -> None:
+    """Constraints whose matrix A_k vanishes (duplicate selected token, or z_i = 0): 0 >= 1.
+    The data are held at unit scale, so the threshold is relative to the largest entries."""
     if prob.m == 0:
         return
-    scale = max(1.0, float(np.max(np.abs(X))))
     dz = np.linalg.norm(prob.D, axis=1) * np.linalg.norm(prob.Z[prob.rows], axis=1)
-    bad = dz <= 1e-13 * scale * max(1.0, float(np.max(np.abs(prob.Z))))
+    bad = dz <= 1e-13
     if np.any(bad):
         ks = np.flatnonzero(bad)
         samples = np.unique(prob.rows[ks])
@@ -437,9 +481,14 @@ def make_result(prob: Problem, W: np.ndarray, lam: np.ndarray, *, tol: float, st
     elif cert.converged and status in ("stalled", "inaccurate"):
         status = "optimal"  # stopped on its own with the certificate within tolerance
     active_k = margins <= 1.0 + active_tol
+    if prob.scale_exp:  # back to the user's units (margins, gaps and statuses are unchanged)
+        e = prob.scale_exp
+        W, lam_s = _unscaled(W, e), np.ldexp(lam_s, -e)
+        cert = dataclasses.replace(cert, primal=float(np.ldexp(cert.primal, -e)), dual=float(np.ldexp(cert.dual, -e)),
+                                   gap=float(np.ldexp(cert.gap, -e)))
     return SVMResult(
         solution=W,
-        objective=stats["primal"],
+        objective=cert.primal,
         status=status,
         active=prob.unpack(active_k, False).astype(bool),
         margins=prob.unpack(margins, np.nan),
@@ -452,60 +501,13 @@ def make_result(prob: Problem, W: np.ndarray, lam: np.ndarray, *, tol: float, st
     )
 
 
-# --------------------------------------------------------------------------------------
-# infeasibility: name the samples
-
-
-def _farkas_lp(Mt: np.ndarray) -> Optional[np.ndarray]:
-    """λ ≥ 0, Σλ = 1, Mt λ = 0 (a Farkas certificate that M w ≥ 1 is infeasible), or None."""
-    from scipy.optimize import linprog
-
-    k = Mt.shape[1]
-    A_eq = np.vstack([Mt, np.ones((1, k))])
-    b_eq = np.zeros(A_eq.shape[0])
-    b_eq[-1] = 1.0
-    # scale rows so the equality tolerance is relative
-    scale = np.maximum(np.abs(A_eq).max(axis=1), 1e-300)
-    res = linprog(np.zeros(k), A_eq=A_eq / scale[:, None], b_eq=b_eq / scale, bounds=(0, None), method="highs")
-    if res.status == 0 and res.x is not None:
-        return res.x
-    return None
-
-
-def explain_infeasibility(prob: Problem, max_dense: float = 2e7) -> SVMInfeasibleError:
-    """Build an :class:`SVMInfeasibleError` naming the samples responsible.
-
-    First each sample alone (attention SVM: sample i is infeasible alone iff x_{iα_i} lies in
-    the convex hull of its constrained tokens — a small LP per sample); if every sample is
-    feasible alone, one LP for a Farkas certificate ``λ ≥ 0, Σλ = 1, Σ λ_k A_k = 0`` over all
-    constraints (when the dense matrix has at most ``max_dense`` entries) whose support names
-    the samples that conflict.
-    """
-    if prob.kind == "att":
-        bad = []
-        for i in np.unique(prob.rows):  # error path only: one small LP per sample
-            Di = prob.D[prob.rows == i]
-            if _farkas_lp(Di.T) is not None:
-                bad.append(int(i))
-        if bad:
-            return SVMInfeasibleError(
-                f"attention SVM infeasible: for sample(s) {bad[:20]} the selected token x[i, alpha_i] lies in the "
-                "convex hull of the other (constrained) tokens of the same sample, so no W separates it",
-                samples=bad)
-    if prob.m * int(np.prod(prob.shape)) <= max_dense:
-        lam = _farkas_lp(prob.dense().T)
-        if lam is not None:
-            ks = np.flatnonzero(lam > 1e-9 * lam.max())
-            samples = np.unique(prob.rows[ks]).tolist()
-            pairs = [(int(prob.rows[k]), int(prob.cols[k])) for k in ks]
-            what = "attention SVM" if prob.kind == "att" else "decoder SVM"
-            return SVMInfeasibleError(
-                f"{what} infeasible: the constraints of sample(s) {samples[:20]} contradict each other "
-                f"(a nonnegative combination of their constraint matrices is zero; constraints {pairs[:10]})",
-                samples=samples, constraints=pairs if prob.kind == "att" else ())
-        return SVMInfeasibleError(
-            "the solver reports the SVM infeasible, but no Farkas certificate was found by the LP check "
-            "(the problem may be nearly infeasible: extremely large margin norm)", samples=[])
-    return SVMInfeasibleError(
-        "the SVM is infeasible (the multipliers diverge); every sample is feasible alone, and the problem is too "
-        "large for the cross-sample LP check, so the conflicting samples are not named", samples=[])
+def _unscaled(W: np.ndarray, e: int) -> np.ndarray:
+    """``W · 2^-e``, or an error when that leaves float64 (the solution's norm itself is not
+    representable: the input's units are too extreme)."""
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.ldexp(W, -e)
+    mx = float(np.max(np.abs(out))) if out.size else 0.0
+    if not math.isfinite(mx) or (np.any(W) and mx < np.finfo(np.float64).tiny):
+        raise SVMInputError(f"the SVM solution has entries near 2^{-e} (about 1e{round(-e * math.log10(2))}), "
+                            "outside float64; rescale X or Z towards unit size")
+    return out

@@ -12,10 +12,19 @@ taken per seed over that seed's whole tensor (``dim=(-2, -1)`` for W, ``dim=-1``
 A zero gradient stays zero (also with ε = 0), so the first W step of E2 (where v(0) = 0
 makes ∂L/∂W vanish) is a no-op instead of a NaN.
 
-About ε: the published code uses ε = float64 machine epsilon (≈ 2.2e-16), an *absolute*
-constant.  Once the softmax saturates and ‖G‖_q falls below ~ε the step is no longer
-normalised (its dual length shrinks to ‖G‖_q/ε · η) and W effectively stops moving.  ε = 0
-gives the exactly normalised step (still 0 for an exactly-zero gradient).
+Two steps (``step=``):
+
+* ``"exact"`` (the default): G from :func:`attnopt.models.attention.scaled_gradients` — the
+  gradient summed from pairwise score differences with every weight formed in log space and
+  shifted by one maximum per seed (a positive factor that normalisation removes) — and
+  :math:`\tilde G = G/\|G\|_q` with no ε.
+* ``"published"``: G from autograd and :math:`\tilde G = G/(\|G\|_q + \varepsilon)`,
+  ε = float64 machine epsilon as in the authors' code.  With ψ = (1/p)‖·‖_p^p, ‖W(k)‖_p grows
+  like (ηk)^{1/(p−1)} (exponent 10 at p = 1.1), the score gap grows with it and ‖G‖_q decays
+  super-exponentially; once ‖G‖_q ≪ ε the dual step is η‖G‖_q/ε and W freezes at a score gap
+  near ln(1/ε) ≈ 36.  With ε = 0 it is worse: at that gap the selected token's softmax rounds to
+  1.0 and autograd's softmax backward (γ_α − Σ_u s_u γ_u) loses every digit to cancellation, so
+  the "gradient" is rounding noise that normalisation turns into full-length steps.
 """
 
 from __future__ import annotations
@@ -28,12 +37,15 @@ import numpy as np
 import torch
 
 from attnopt.mirror import dual_exponent, grad_psi, grad_psi_star, lp_norm
-from attnopt.models.attention import attention_output, logistic_loss
+from attnopt.models.attention import attention_output, logistic_loss, scaled_gradients
+from attnopt.runtime import torch_threads
 
 #: Default ε of the normalised step (float64 machine epsilon, as in the published code).
 DEFAULT_EPS = float(torch.finfo(torch.float64).eps)
 
 Progress = Callable[[int], None]
+#: The normalised steps: the exact one (default) and the published one (autograd, + ε).
+STEPS = ("exact", "published")
 
 
 def md_step(
@@ -114,6 +126,7 @@ def train_md(
     train_v: bool = False,
     normalize: bool = True,
     eps: float = DEFAULT_EPS,
+    step: str = "exact",
     progress: Progress | None = None,
     progress_every: int = 100,
     num_threads: int | None = 1,
@@ -124,25 +137,37 @@ def train_md(
     backward pass of the summed loss, one batched mirror step per iteration.  The iterate
     W(k) (and v(k)) and the metrics are stored at the iterations in ``log_iters`` (default:
     :func:`log_grid`), which must lie in ``[0, iterations]``.  ``progress(n)`` is called with
-    the number of iterations done since its last call.
+    the number of iterations done since its last call.  ``step``: "exact" or "published" (see
+    the module docstring; ``eps`` is used by the published step only).
 
     ``num_threads`` (default 1) caps torch's intra-op threads for the duration of the run:
     the tensors are tiny, and on a loaded machine OpenMP synchronisation made single ops
     (softmax, backward) ~100x slower than the work itself.  ``None`` leaves the setting alone.
     """
-    if num_threads is None:
-        return _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, progress,
+    if step not in STEPS:
+        raise ValueError(f"step must be one of {STEPS}, got {step!r}")
+    with torch_threads(num_threads):
+        return _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, step, progress,
                          progress_every)
-    old = torch.get_num_threads()
-    torch.set_num_threads(int(num_threads))
-    try:
-        return _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, progress,
-                         progress_every)
-    finally:
-        torch.set_num_threads(old)
 
 
-def _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, progress,
+def gradients(step: str, X, Y, Z, W, v, train_v: bool, normalize: bool):
+    """``(f, probs, [G_W(, G_v)])`` of one forward pass: for the exact step G is the scaled
+    gradient (multiplied back to the true one when the step is not normalised)."""
+    if step == "published":
+        Wg, vg = W.detach().requires_grad_(True), v.detach().requires_grad_(train_v)
+        f, probs = attention_output(X, Wg, Z, vg)
+        grads = torch.autograd.grad(logistic_loss(f, Y).sum(), [Wg, vg] if train_v else [Wg])
+        return f.detach(), probs.detach(), list(grads)
+    g = scaled_gradients(X, Y, Z, W, v, with_v=train_v)
+    grads = [g.W] + ([g.v] if train_v else [])
+    if not normalize:  # the true gradient (it may underflow: that is its value)
+        grads = [G * torch.exp(M).reshape(M.shape + (1,) * (G.ndim - M.ndim))
+                 for G, M in zip(grads, (g.log_scale_W, g.log_scale_v))]
+    return g.f, g.probs, grads
+
+
+def _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize, eps, step, progress,
               progress_every) -> Trajectory:
     if log_iters is None:
         log_iters = log_grid(iterations)
@@ -156,32 +181,29 @@ def _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize,
     vs = torch.empty((L, *batch, v0.shape[-1]), dtype=dt)
     metrics = {k: torch.empty((L, *batch), dtype=dt) for k in ("loss", "max_softmax", "logistic_prob", "w_norm")}
 
-    W = W0.detach().clone().requires_grad_(True)
-    v = v0.detach().clone().expand(*batch, v0.shape[-1]).clone().requires_grad_(train_v)
+    W = W0.detach().clone()
+    v = v0.detach().clone().expand(*batch, v0.shape[-1]).clone()
     params = [W, v] if train_v else [W]
     dims = [(-2, -1), -1]
+    step_eps = eps if step == "published" else 0.0
     t0 = time.perf_counter()
     j = 0
     pending = 0
     probs = None
     for k in range(iterations + 1):
-        f, probs = attention_output(X, W, Z, v)
-        loss = logistic_loss(f, Y)
+        f, probs, grads = gradients(step, X, Y, Z, W, v, train_v, normalize)
         if j < L and log_iters[j] == k:
-            with torch.no_grad():
-                Ws[j] = W
-                vs[j] = v
-                metrics["loss"][j] = loss
-                metrics["max_softmax"][j] = probs.amax(-1).mean(-1)
-                metrics["logistic_prob"][j] = torch.sigmoid(Y * f).mean(-1)
-                metrics["w_norm"][j] = lp_norm(W, p, dim=(-2, -1))
+            Ws[j] = W
+            vs[j] = v
+            metrics["loss"][j] = logistic_loss(f, Y)
+            metrics["max_softmax"][j] = probs.amax(-1).mean(-1)
+            metrics["logistic_prob"][j] = torch.sigmoid(Y * f).mean(-1)
+            metrics["w_norm"][j] = lp_norm(W, p, dim=(-2, -1))
             j += 1
         if k == iterations:
             break
-        grads = torch.autograd.grad(loss.sum(), params)
-        with torch.no_grad():
-            for prm, g, dim in zip(params, grads, dims):
-                prm.copy_(md_step(prm, g, p, lr, normalize=normalize, eps=eps, dim=dim))
+        for prm, g, dim in zip(params, grads, dims):
+            prm.copy_(md_step(prm, g, p, lr, normalize=normalize, eps=step_eps, dim=dim))
         pending += 1
         if progress is not None and pending >= progress_every:
             progress(pending)
@@ -193,10 +215,10 @@ def _train_md(X, Y, Z, v0, W0, p, lr, iterations, log_iters, train_v, normalize,
         iters=log_iters,
         W=Ws,
         v=vs,
-        probs=probs.detach(),
+        probs=probs,
         seconds=time.perf_counter() - t0,
         **metrics,
     )
 
 
-__all__ = ["DEFAULT_EPS", "md_step", "log_grid", "Trajectory", "train_md"]
+__all__ = ["DEFAULT_EPS", "STEPS", "gradients", "md_step", "log_grid", "Trajectory", "train_md"]
