@@ -53,9 +53,17 @@ def _e1_values(p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std
     return kw
 
 
-def _config(cls, values: dict):
+def _execute(cls, values: dict, experiment: str, run, out: Optional[Path], overwrite: bool, progress: bool):
+    """The frame of every synthetic command: the config ``cls.from_dict(values)`` (a bad one is
+    one line, exit 2), the run folder (``out`` or ``runs/<experiment>-<time>``), then
+    ``run(cfg, out=rd, progress=cb)`` under the error policy with progress bars.
+    Returns ``(cfg, rd, result)``."""
     with guard():
-        return cls.from_dict(values)
+        cfg = cls.from_dict(values)
+    rd = open_out(out, experiment, cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run(cfg, out=rd, progress=cb)
+    return cfg, rd, res
 
 
 # --------------------------------------------------------------------------------------
@@ -92,11 +100,9 @@ def convergence(
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import ConvergenceConfig, run_convergence
 
-    cfg = _config(ConvergenceConfig, dict(fit_from=fit_from, **_e1_values(
-        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps, step)))
-    rd = open_out(out, "e1-convergence", cfg, overwrite=overwrite)
-    with guard(rd.path), progress_bars(progress) as cb:
-        res = run_convergence(cfg, out=rd, progress=cb)
+    values = dict(fit_from=fit_from, **_e1_values(
+        p, iters, seeds, n_seeds, seed_start, lr, n, T, d, init, init_std, query, solver, tol, n_log, eps, step))
+    _, rd, res = _execute(ConvergenceConfig, values, "e1-convergence", run_convergence, out, overwrite, progress)
     from attnopt.experiments.synthetic import records
 
     con = console()
@@ -128,10 +134,7 @@ def matrix(
     kw["alpha_from"] = alpha_from
     if q:
         kw["qs"] = tuple(q)
-    cfg = _config(MatrixConfig, kw)
-    rd = open_out(out, "e1-matrix", cfg, overwrite=overwrite)
-    with guard(rd.path), progress_bars(progress) as cb:
-        res = run_matrix(cfg, out=rd, progress=cb)
+    _, rd, res = _execute(MatrixConfig, kw, "e1-matrix", run_matrix, out, overwrite, progress)
     from attnopt.experiments.synthetic import records
 
     con = console()
@@ -175,10 +178,7 @@ def path(
         if len(entry) != 2:
             raise typer.BadParameter("give --entry exactly twice (two entries of W)", param_hint="--entry")
         kw["entries"] = tuple(parse_entry(e) for e in entry)
-    cfg = _config(PathConfig, kw)
-    rd = open_out(out, "e1-path", cfg, overwrite=overwrite)
-    with guard(rd.path), progress_bars(progress) as cb:
-        res = run_path(cfg, out=rd, progress=cb)
+    _, rd, res = _execute(PathConfig, kw, "e1-path", run_path, out, overwrite, progress)
     from attnopt.experiments.synthetic.trajectories import path_table
 
     con = console()
@@ -199,10 +199,7 @@ def joint(
     kw = dict(iterations=parse_iters(iters), lr=lr, solver=solver, tol=tol, n_log=n_log, eps=eps, step=step)
     if p:
         kw["ps"] = tuple(p)
-    cfg = _config(JointConfig, kw)
-    rd = open_out(out, "e2-joint", cfg, overwrite=overwrite)
-    with guard(rd.path), progress_bars(progress) as cb:
-        res = run_joint(cfg, out=rd, progress=cb)
+    _, rd, res = _execute(JointConfig, kw, "e2-joint", run_joint, out, overwrite, progress)
     from attnopt.experiments.synthetic.trajectories import joint_table
 
     con = console()
@@ -232,10 +229,7 @@ def kq(
     if p:
         kw["ps"] = tuple(p)
     kw["ranks"] = tuple(rank) if rank else tuple(dict.fromkeys((d, min(3, d))))
-    cfg = _config(KQConfig, kw)
-    rd = open_out(out, "e7-kq", cfg, overwrite=overwrite)
-    with guard(rd.path), progress_bars(progress) as cb:
-        res = run_kq(cfg, out=rd, progress=cb)
+    _, rd, res = _execute(KQConfig, kw, "e7-kq", run_kq, out, overwrite, progress)
     con = console()
     _show(con, kq_table(res))
     finish(con, rd.path, t0, "E7 (K, Q)")
@@ -253,10 +247,8 @@ def demo(
     t0 = time.perf_counter()
     from attnopt.experiments.synthetic import DemoConfig, run_demo
 
-    cfg = _config(DemoConfig, dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver, step=step))
-    rd = open_out(out, "demo", cfg, overwrite=overwrite)
-    with guard(rd.path), progress_bars(progress) as cb:
-        res = run_demo(cfg, out=rd, progress=cb)
+    values = dict(n_seeds=n_seeds, iterations=parse_iters(iters), solver=solver, step=step)
+    cfg, rd, res = _execute(DemoConfig, values, "demo", run_demo, out, overwrite, progress)
     from attnopt.experiments.synthetic import records
     from attnopt.experiments.synthetic.trajectories import joint_table, path_table
 
