@@ -1,167 +1,176 @@
-"""``attnopt convex …``: the convex-attention commands (a typer app named ``app``).
+"""``attnopt convex …``: one random instance (``solve``) and the two convex-attention
+experiments (``student-teacher``, ``modular``).
 
-Commands: ``solve`` (random instance: FISTA vs CVXPY and the recovery check),
-``student-teacher`` and ``modular`` (the experiments; run folders under ``--out``).
+Each command turns its options (and ``--set key=value`` for any other config key) into the
+experiment's config, checks what the run needs beyond it (a device, a solver, the ``[convex]``
+extra, the data) before any folder is made, opens the run folder, runs the experiment and
+prints its tables.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, List, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-app = typer.Typer(help="Convex attention: group-lasso programs, FISTA, recovery, experiments.",
-                  no_args_is_help=True)
-console = Console()
+from attnopt.cli._common import (DataOpt, OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app,
+                                 open_out, parse_ints, progress_bars)
+
+app = new_app("Convex attention: group-lasso programs, FISTA, recovery, experiments.")
+
+SetOpt = Annotated[Optional[List[str]], typer.Option(
+    "--set", help="Any other config key=value (the value read as JSON when it parses), repeatable.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+BetaRelOpt = Annotated[float, typer.Option(
+    "--beta-rel", help="β as a fraction of λ_max (the smallest β with Z = 0).")]
+ConvexIterOpt = Annotated[int, typer.Option("--convex-max-iter", help="FISTA iterations of the convex model (cap).")]
 
 
-def _parse_set(items: list[str]) -> dict:
-    """``--set key=value`` pairs (values parsed as JSON when possible)."""
+def parse_set(items: Optional[List[str]]) -> dict:
+    """``--set key=value`` pairs; a value is read as JSON when it parses (numbers, lists,
+    true/false/null), else kept as a string."""
     out = {}
     for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expects key=value, got {item!r}", param_hint="--set")
         try:
-            out[k.strip()] = json.loads(v)
+            out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
-            out[k.strip()] = v
+            out[key.strip()] = value
     return out
 
 
-class _Bars:
-    def __init__(self, progress: Progress) -> None:
-        self.p, self.tasks = progress, {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.p.add_task(stage, total=total)
-        self.p.update(self.tasks[stage], completed=done)
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=False)
+def _config(cls, check_environment, values: dict, set_: Optional[List[str]] = None):
+    """The config from the options (``--set`` pairs win), and what its run needs checked,
+    before any folder is made; errors are one line, exit 2."""
+    values = {**values, **parse_set(set_)}
+    with guard():
+        cfg = cls.from_dict(values)
+        check_environment(cfg)
+    return cfg
 
 
-@app.command()
+def _table(title: str, header: list, rows: list):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for i, col in enumerate(header):
+        t.add_column(col, justify="left" if i == 0 else "right")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+@app.command("solve")
 def solve(
-    n_samples: int = typer.Option(30, "--samples", help="N samples"),
-    tokens: int = typer.Option(8, help="n tokens per sample"),
-    dim: int = typer.Option(4, help="d features per token"),
-    outputs: int = typer.Option(1, help="c outputs (classes for cross_entropy)"),
-    patterns: int = typer.Option(0, help="gated-ReLU patterns (0: attention only)"),
-    loss: str = typer.Option("squared", help="squared | logistic | cross_entropy"),
-    beta: float = typer.Option(1.0, help="regularisation β ≥ 0"),
-    tol: float = typer.Option(1e-9, help="FISTA relative duality-gap tolerance"),
-    cvxpy_solver: str = typer.Option("CLARABEL", "--solver", help="CLARABEL | SCS | none"),
-    seed: int = typer.Option(0),
-    device: str = typer.Option("cpu"),
+    samples: Annotated[int, typer.Option("--samples", help="N samples.")] = 30,
+    tokens: Annotated[int, typer.Option("--tokens", help="n tokens per sample.")] = 8,
+    dim: Annotated[int, typer.Option("--dim", help="d features per token.")] = 4,
+    outputs: Annotated[Optional[int], typer.Option(
+        "--outputs", help="c outputs, or classes for cross_entropy (default 1, or 2 classes).")] = None,
+    patterns: Annotated[int, typer.Option("--patterns", help="Gated-ReLU patterns (0: attention only).")] = 0,
+    loss: Annotated[str, typer.Option("--loss", help="squared, logistic or cross_entropy.")] = "squared",
+    beta: Annotated[float, typer.Option("--beta", help="Regularisation β ≥ 0.")] = 1.0,
+    tol: Annotated[float, typer.Option("--tol", help="FISTA relative duality-gap tolerance.")] = 1e-9,
+    max_iter: Annotated[int, typer.Option("--max-iter", help="FISTA iteration cap.")] = 10_000,
+    solver: Annotated[str, typer.Option("--solver", help="CVXPY reference: CLARABEL, SCS or none.")] = "CLARABEL",
+    seed: SeedOpt = 0,
+    device: Annotated[str, typer.Option("--device", help="Where FISTA runs (cpu, cuda, …).")] = "cpu",
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", help="Run folder for config, summary and report (default: none, print only).")] = None,
+    overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
-    """Random instance: FISTA vs CVXPY, duality gap, and the convex → heads recovery check."""
-    import torch
+    """A random instance: FISTA vs CVXPY, duality gap, and the convex → heads recovery check."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.convex.solve import (SolveConfig, check_environment, recovery_line, run_solve,
+                                                  solver_rows, title)
 
-    from attnopt.convex import (convex_to_heads, make_problem, nonconvex_objective, sample_gates,
-                                solve_cvxpy, solve_fista, sparsity_report)
-    from attnopt.convex.programs import ProblemError
-
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n_samples, tokens, dim, generator=g, dtype=torch.float64)
-    if loss == "squared":
-        y = torch.randn(n_samples, outputs, generator=g, dtype=torch.float64)
-    elif loss == "logistic":
-        y = torch.randint(0, 2, (n_samples, outputs), generator=g).double() * 2 - 1
-    else:
-        y = torch.randint(0, max(outputs, 2), (n_samples,), generator=g)
-    try:
-        gates = sample_gates(X, patterns, seed=seed)[0] if patterns else None
-        prob = make_problem(X, y, loss, beta=beta, gates=gates,
-                            num_classes=max(outputs, 2) if loss == "cross_entropy" else None, device=device)
-    except ProblemError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2)
-    res = solve_fista(prob, tol=tol)
-    table = Table(title=f"convex attention, N={n_samples} n={tokens} d={dim} m={prob.m} c={prob.c}, {loss}, β={beta}")
-    for col in ("solver", "objective", "rel. gap", "time s", "iterations / status"):
-        table.add_column(col)
-    table.add_row("FISTA (torch)", f"{res.objective:.10g}", f"{res.rel_gap:.2e}", f"{res.time:.3f}",
-                  f"{res.iterations} ({'converged' if res.converged else 'not converged'})")
-    if cvxpy_solver.lower() != "none":
-        ref = solve_cvxpy(prob.to(device="cpu"), solver=cvxpy_solver.upper())
-        table.add_row(f"CVXPY/{ref.solver}", f"{ref.objective:.10g}", f"{ref.rel_gap:.2e}", f"{ref.time:.3f}", ref.status)
-    console.print(table)
-    heads = convex_to_heads(prob, res.Z)
-    nc = nonconvex_objective(prob, heads)
-    sp = sparsity_report(prob, res.Z)
-    console.print(f"recovered network: {nc['num_heads']} heads, objective {nc['objective']:.10g} "
-                  f"(relative difference {abs(nc['objective'] - res.objective) / abs(res.objective):.1e}); "
-                  f"tokens used {sp['num_tokens_used']}/{tokens} → {sp['tokens_used']}")
-
-
-def _run_experiment(config_cls, values: dict, set_: list[str], run, out: Optional[Path], errors: tuple) -> None:
-    """Build the config from the options and ``--set key=value`` pairs (``errors`` exit with
-    code 2 and a message), run the experiment with progress bars, print its report."""
-    values.update(_parse_set(set_))
-    try:
-        cfg = config_cls.from_dict(values)
-    except errors as exc:
-        console.print(f"[red]config error:[/red] {exc}")
-        raise typer.Exit(2)
-    with _progress() as bars:
-        res = run(cfg, out=out, progress=_Bars(bars))
-    console.print((res.run_dir / "report.md").read_text(), markup=False, soft_wrap=True)
-    console.print(f"run folder: {res.run_dir.path}")
+    cfg = _config(SolveConfig, check_environment, dict(
+        samples=samples, tokens=tokens, dim=dim, outputs=outputs, patterns=patterns, loss=loss, beta=beta, tol=tol,
+        max_iter=max_iter, solver=solver, seed=seed, device=device))
+    rd = open_out(out, "convex-solve", cfg, overwrite=overwrite) if out is not None else None
+    with guard(rd and rd.path), progress_bars(progress) as cb:
+        res = run_solve(cfg, out=rd, progress=cb)
+    con = console()
+    con.print(_table(title(res.summary), *solver_rows(res.summary)))
+    con.print(recovery_line(res.summary), markup=False)
+    finish(con, res.out, t0, "convex solve")
 
 
 @app.command("student-teacher")
 def student_teacher(
-    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/convex-student-teacher-<time>)"),
-    seed: int = typer.Option(0, "--seed"),
-    num_train: int = typer.Option(512, help="training sentences"),
-    num_test: int = typer.Option(256, help="test sentences (SST-2 dev)"),
-    max_len: int = typer.Option(24, help="tokens per sentence"),
-    target_dim: int = typer.Option(32, help="principal directions of the teacher output (0 = all 384)"),
-    beta_rel: float = typer.Option(0.02, help="β as a fraction of λ_max"),
-    convex_max_iter: int = typer.Option(2000),
-    baseline_steps: int = typer.Option(1000),
-    data: Optional[Path] = typer.Option(None, "--data", help="shared data folder (else $ATTNOPT_DATA)"),
-    set_: list[str] = typer.Option([], "--set", help="any other config key=value"),
+    seed: SeedOpt = 0,
+    num_train: Annotated[int, typer.Option("--num-train", help="Training sentences (SST-2 train).")] = 512,
+    num_test: Annotated[int, typer.Option("--num-test", help="Test sentences (SST-2 dev).")] = 256,
+    max_len: Annotated[int, typer.Option("--max-len", help="Tokens per sentence.")] = 24,
+    target_dim: Annotated[int, typer.Option(
+        "--target-dim", help="Principal directions of the teacher output (0: all 384).")] = 32,
+    beta_rel: BetaRelOpt = 0.02,
+    convex_max_iter: ConvexIterOpt = 2000,
+    baseline_steps: Annotated[int, typer.Option("--baseline-steps", help="Optimiser steps of each baseline.")] = 1000,
+    data: DataOpt = None,
+    set_: SetOpt = None,
+    out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
-    """Refit the last attention layer of all-MiniLM-L6-v2 on SST-2: convex vs softmax vs simplex."""
-    from attnopt.config import ConfigError
-    from attnopt.experiments.convex_student_teacher import StudentTeacherConfig, run_student_teacher
+    """Refit the last attention layer of all-MiniLM-L6-v2 on SST-2: convex vs simplex vs softmax
+    (needs attnopt's convex extra and the shared SST-2 file)."""
+    t0 = time.perf_counter()
+    from attnopt.experiments.convex.student_teacher import (StudentTeacherConfig, check_environment, path_rows,
+                                                            run_student_teacher, student_rows, summary_lines)
 
-    values = dict(seed=seed, num_train=num_train, num_test=num_test, max_len=max_len,
-                  target_dim=None if target_dim == 0 else target_dim, beta_rel=beta_rel,
-                  convex_max_iter=convex_max_iter, baseline_steps=baseline_steps,
-                  data_root=None if data is None else str(data))
-    _run_experiment(StudentTeacherConfig, values, set_, run_student_teacher, out, (ConfigError, TypeError))
+    cfg = _config(StudentTeacherConfig, check_environment, dict(
+        seed=seed, num_train=num_train, num_test=num_test, max_len=max_len,
+        target_dim=None if target_dim == 0 else target_dim, beta_rel=beta_rel, convex_max_iter=convex_max_iter,
+        baseline_steps=baseline_steps, data_root=None if data is None else str(data)), set_)
+    rd = open_out(out, "convex-student-teacher", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_student_teacher(cfg, out=rd, progress=cb)
+    con = console()
+    s = res.summary
+    con.print(_table(f"student–teacher: SST-2, {s['num_train']} train / {s['num_test']} test, β = {s['beta']:.4g}",
+                     *student_rows(cfg, s)))
+    for line in summary_lines(s):
+        con.print(line, markup=False)
+    if s["beta_path"]:
+        con.print(_table("convex regularisation path (warm-started)", *path_rows(s)))
+    finish(con, rd.path, t0, "convex student-teacher")
 
 
-@app.command()
+@app.command("modular")
 def modular(
-    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/convex-modular-<time>)"),
-    seed: int = typer.Option(0, "--seed"),
-    p: int = typer.Option(97, "--p", help="prime modulus"),
-    train_fraction: float = typer.Option(0.5),
-    steps: int = typer.Option(3000, help="transformer AdamW steps"),
-    layers: str = typer.Option("1,2", help="transformer depths, comma separated ('' = none)"),
-    weight_decay: float = typer.Option(1.0),
-    convex_max_iter: int = typer.Option(1000, help="FISTA iterations of the convex model"),
-    gate_patterns: int = typer.Option(16),
-    beta_rel: float = typer.Option(1e-3, help="β as a fraction of λ_max"),
-    set_: list[str] = typer.Option([], "--set", help="any other config key=value"),
+    seed: SeedOpt = 0,
+    p: Annotated[int, typer.Option("--p", help="Prime modulus.")] = 97,
+    train_fraction: Annotated[float, typer.Option(
+        "--train-fraction", help="Fraction of equations for training.")] = 0.5,
+    steps: Annotated[int, typer.Option("--steps", help="Transformer AdamW steps.")] = 3000,
+    layers: Annotated[str, typer.Option(
+        "--layers", help="Transformer depths, comma-separated ('' for none).")] = "1,2",
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 1.0,
+    convex_max_iter: ConvexIterOpt = 1000,
+    gate_patterns: Annotated[int, typer.Option("--gate-patterns", help="Sampled gated-ReLU patterns.")] = 16,
+    beta_rel: BetaRelOpt = 1e-3,
+    set_: SetOpt = None,
+    out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Modular division a ÷ b mod p: 1-/2-layer transformers (AdamW) vs the convex model."""
-    from attnopt.config import ConfigError
-    from attnopt.experiments.convex_modular import ModularConfig, run_modular
+    t0 = time.perf_counter()
+    from attnopt.experiments.convex.modular import (ModularConfig, check_environment, convex_line, model_rows,
+                                                    run_modular)
 
-    values = dict(seed=seed, p=p, train_fraction=train_fraction, steps=steps,
-                  layers=tuple(int(x) for x in layers.split(",") if x.strip()), weight_decay=weight_decay,
-                  convex_max_iter=convex_max_iter, gate_patterns=gate_patterns, beta_rel=beta_rel)
-    _run_experiment(ModularConfig, values, set_, run_modular, out, (ConfigError, TypeError, ValueError))
+    cfg = _config(ModularConfig, check_environment, dict(
+        seed=seed, p=p, train_fraction=train_fraction, steps=steps, layers=parse_ints(layers, "--layers"),
+        weight_decay=weight_decay, convex_max_iter=convex_max_iter, gate_patterns=gate_patterns,
+        beta_rel=beta_rel), set_)
+    rd = open_out(out, "convex-modular", cfg, overwrite=overwrite)
+    with guard(rd.path), progress_bars(progress) as cb:
+        res = run_modular(cfg, out=rd, progress=cb)
+    con = console()
+    s = res.summary
+    con.print(_table(f"a ÷ b mod {cfg.p}: {s['num_train']} train / {s['num_test']} test equations", *model_rows(s)))
+    if cfg.convex:
+        con.print(convex_line(cfg, s), markup=False)
+    finish(con, rd.path, t0, "convex modular")

@@ -55,12 +55,15 @@ from typing import Literal
 import torch
 from torch.nn import functional as F
 
+from attnopt.errors import UserError
+
 LossName = Literal["squared", "logistic", "cross_entropy"]
 LOSSES: tuple[str, ...] = ("squared", "logistic", "cross_entropy")
 
 
-class ProblemError(ValueError):
-    """Invalid input to a convex attention program (shape, value or NaN problems)."""
+class ProblemError(UserError, ValueError):
+    """Invalid input to a convex attention program (shape, value or NaN problems, a solver
+    that is not installed): a user error, reported by the command line as one line."""
 
 
 def _as_tensor(x, name: str, dtype: torch.dtype, device) -> torch.Tensor:

@@ -8,11 +8,20 @@ equations.  :func:`split_equations` draws a seeded train/test split by fraction.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import torch
 
+from attnopt.errors import UserError
 
-def _is_prime(p: int) -> bool:
+
+class ModularDataError(UserError, ValueError):
+    """Arguments the modular-division data cannot be built from (a modulus that is not prime,
+    a train fraction outside (0, 1))."""
+
+
+def is_prime(p: int) -> bool:
+    """Whether the integer ``p`` is prime (trial division; moduli here are small)."""
     if p < 2:
         return False
     k = 2
@@ -44,8 +53,9 @@ class ModularData:
 
 def division_equations(p: int = 97) -> tuple[torch.Tensor, torch.Tensor]:
     """All ``(a, b)`` with ``b ≠ 0``: ``tokens (p(p−1), 4)``, ``labels (p(p−1),)``."""
-    if not _is_prime(p):
-        raise ValueError(f"modulus p must be prime (division needs inverses), got {p}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not is_prime(int(p)):
+        raise ModularDataError(f"modulus p must be prime (division needs inverses), got {p}")
+    p = int(p)
     a = torch.arange(p).repeat_interleave(p - 1)
     b = torch.arange(1, p).repeat(p)
     inv = torch.tensor([pow(int(x), p - 2, p) for x in range(1, p)])  # Fermat: b^(p-2) = b^-1
@@ -57,7 +67,7 @@ def division_equations(p: int = 97) -> tuple[torch.Tensor, torch.Tensor]:
 def split_equations(p: int = 97, train_fraction: float = 0.5, seed: int = 0) -> ModularData:
     """Seeded random split of all equations; ``0 < train_fraction < 1``."""
     if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+        raise ModularDataError(f"train_fraction must be in (0, 1), got {train_fraction}")
     tokens, labels = division_equations(p)
     E = tokens.shape[0]
     g = torch.Generator().manual_seed(int(seed))

