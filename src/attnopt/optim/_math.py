@@ -35,7 +35,12 @@ __all__ = [
     "step_constants",
     "step_scalars",
     "TRITON_INTERPRETING",
+    "BIG",
 ]
+
+#: Non-finite check code of parameter ``i``: ``BIG − i`` (nonzero, larger for earlier parameters,
+#: so a maximum names the first bad one).
+BIG = 1 << 30
 
 #: Triton's CPU interpreter is on (``TRITON_INTERPRET=1``, read once at import, as Triton
 #: does): ``fused=True`` then sends CPU tensors to the Triton kernel (the tests' way of

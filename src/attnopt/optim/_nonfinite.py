@@ -25,14 +25,13 @@ from typing import Any, Iterable
 import torch
 from torch import Tensor
 
+from attnopt.optim._math import BIG
+
 __all__ = ["NONFINITE_MODES", "NonFiniteGradientError", "gradients_finite", "first_nonfinite", "DeviceRecord",
            "BIG"]
 
 #: Accepted values of ``nonfinite``.
 NONFINITE_MODES = ("raise", "skip", "ignore")
-
-#: Flag code of parameter ``i``: ``BIG − i`` (nonzero, larger for earlier parameters).
-BIG = 1 << 30
 
 
 class NonFiniteGradientError(FloatingPointError):

@@ -34,8 +34,7 @@ from torch import Tensor
 
 from torch.optim.optimizer import Optimizer
 
-from attnopt.optim._math import TRITON_INTERPRETING, lq_scale, step_constants
-from attnopt.optim._nonfinite import BIG
+from attnopt.optim._math import BIG, TRITON_INTERPRETING, lq_scale, step_constants
 
 try:
     import triton

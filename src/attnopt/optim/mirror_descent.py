@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import operator
 import warnings
-from itertools import chain, repeat
+from itertools import chain
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -31,21 +31,20 @@ from torch.optim.optimizer import Optimizer
 from attnopt.optim import _dist
 from attnopt.optim._checks import REQUIRED_KEYS, check_group, group_key
 from attnopt.optim._functional import mirror_descent, resolve_implementation
-from attnopt.optim._math import default_dual_dtype, inverse_exponent, inverse_map_into, mirror_map
+from attnopt.optim._math import BIG, default_dual_dtype
 from attnopt.optim._nonfinite import (
-    BIG,
     NONFINITE_MODES,
     DeviceRecord,
     NonFiniteGradientError,
     first_nonfinite,
     gradients_finite,
 )
+from attnopt.optim._state import SPARSE_MESSAGE, Batch, Snapshot, addresses, check_dense, key, sync_dual
 
 __all__ = ["MirrorDescent", "mirror_descent", "NonFiniteGradientError", "NONFINITE_MODES"]
 
 _FLAGS = {"fused-cpu": dict(fused=True), "fused-triton": dict(fused=True), "foreach": dict(foreach=True),
           "single": dict(foreach=False), "compiled": dict(compiled=True)}
-_SPARSE_MESSAGE = "MirrorDescent does not support sparse gradients"
 _grad = operator.attrgetter("grad")
 _version = operator.attrgetter("_version")
 
@@ -169,7 +168,7 @@ class MirrorDescent(Optimizer):
 
     def _reset_caches(self) -> None:
         self._versions: dict[int, tuple[int, int]] = {}  # id(param) -> (_version, address) after our write
-        self._snapshots: dict[int, _Snapshot] = {}  # group index -> the last step's lists
+        self._snapshots: dict[int, Snapshot] = {}  # group index -> the last step's lists
         self._plans: dict[int, dict] = {}  # group index -> the Triton path's plan cache
         self._checked: dict[int, tuple] = {}  # group index -> group_key when last validated
         self._impls: list[str] = []  # group index -> implementation
@@ -251,9 +250,9 @@ class MirrorDescent(Optimizer):
             for param in group["params"]:
                 state = self.state.get(param)
                 if state and "dual" in state and index in sd["state"]:
-                    if self._versions.get(id(param)) != _key(param):  # edited since our last write
-                        self._sync_dual(param, state, group, index)
-                        self._versions[id(param)] = _key(param)
+                    if self._versions.get(id(param)) != key(param):  # edited since our last write
+                        sync_dual(param, state, group, index)
+                        self._versions[id(param)] = key(param)
                     sd["state"][index] = dict(sd["state"][index], synced_weights=param.detach())
                 index += 1
         return sd
@@ -282,54 +281,9 @@ class MirrorDescent(Optimizer):
         for gi, group in enumerate(self.param_groups):
             check_group(group, gi)
 
-    # -- θ in step with the weights ------------------------------------------------------
-
-    def _sync_dual(self, param: Tensor, state: dict[str, Any], group: dict[str, Any], index: int) -> None:
-        """Make ``state["dual"]`` equal ∇ψ(param) wherever param was changed outside the optimizer."""
-        p = group["p"]
-        ddtype = default_dual_dtype(param.dtype, group["dual_dtype"])
-        saved = state.pop("synced_weights", None)
-        if p == 2.0 and ddtype == param.dtype:  # θ ≡ w
-            state.pop("dual", None)
-            state["dual_p"] = p
-            return
-        w = _dist.local(param).detach()
-        theta = _dist.local(state.get("dual"))
-        if (theta is None or state.get("dual_p") != p or theta.dtype != ddtype or theta.shape != w.shape
-                or theta.device != w.device):
-            state["dual"] = _dist.like(self._checked_mirror_map(w, p, ddtype, index), param)
-            state["dual_p"] = p
-            return
-        saved = _dist.local(saved)
-        if saved is not None and saved.shape == w.shape and saved.dtype == w.dtype:
-            stale = saved.to(w.device) != w  # exact: the weights θ was saved with, against today's
-        else:
-            # the weights may have changed: keep θ where ∇ψ*(θ) still reproduces them (to 2 ulp:
-            # the fused kernels and torch's pow may round the inverse map differently)
-            back = torch.empty_like(w)
-            inverse_map_into(theta, inverse_exponent(p), back)
-            stale = ~((back - w).abs() <= 2.0 * torch.finfo(w.dtype).eps * w.abs())
-        if _capturing(w) or bool(stale.any()):
-            theta.copy_(torch.where(stale, self._checked_mirror_map(w, p, ddtype, index), theta))
-
-    def _checked_mirror_map(self, w: Tensor, p: float, dtype: torch.dtype, index: int) -> Tensor:
-        theta = mirror_map(w, p, dtype)
-        if p > 2.0 and not _capturing(w):
-            fmax = float(torch.finfo(dtype).max)
-            lost = ((theta.abs() == fmax) | ((theta.abs() < torch.finfo(dtype).tiny) & (w != 0))).any()
-            if bool(lost):
-                warnings.warn(
-                    f"MirrorDescent: parameter {index} (shape {tuple(w.shape)}) has weights whose "
-                    f"mirror image |w|^(p-1) (p={p:g}) over- or underflows {dtype}; they will not come "
-                    "back exactly. Pass dual_dtype=torch.float64 to keep them.",
-                    RuntimeWarning,
-                    stacklevel=5,
-                )
-        return theta
-
     # -- step ----------------------------------------------------------------------------
 
-    def _init_group(self, gi: int, group: dict[str, Any], start: int) -> _Batch:
+    def _init_group(self, gi: int, group: dict[str, Any], start: int) -> Batch:
         """The group's parameters that have gradients, with their gradients, θ and momentum
         buffers (local shards for DTensors), θ resynchronised where needed."""
         if self._checked.get(gi) != group_key(group):  # changed since validated (e.g. group["lr"] = -1)
@@ -344,7 +298,7 @@ class MirrorDescent(Optimizer):
         # same ones have gradients, so the last step's lists still hold
         if snap is not None and snap.valid(group, settings, plist, grads_all):
             grads = grads_all if snap.all_have_grads else [g for g in grads_all if g is not None]
-            contiguous = _check_dense(grads)
+            contiguous = check_dense(grads)
             if snap.sharded:
                 grads = list(map(_dist.local, grads))
             return snap.batch._replace(grads=grads, synced=False, contiguous=contiguous)
@@ -358,10 +312,10 @@ class MirrorDescent(Optimizer):
             if grad is None:
                 continue
             if grad.layout != torch.strided:
-                raise RuntimeError(_SPARSE_MESSAGE)
+                raise RuntimeError(SPARSE_MESSAGE)
             state = self.state[param]
-            if check_all or self._versions.get(id(param)) != _key(param):
-                self._sync_dual(param, state, group, start + offset)
+            if check_all or self._versions.get(id(param)) != key(param):
+                sync_dual(param, state, group, start + offset)
                 synced = True
             owners.append(param)
             params.append(_dist.local(param))
@@ -379,23 +333,23 @@ class MirrorDescent(Optimizer):
                 bufs.append(None)
         sharded = any(map(_dist.is_dtensor, owners))
         device = params[0].device if params else None
-        return _Batch(owners, params, grads, duals, bufs, ids, device, synced, all(map(Tensor.is_contiguous, grads)),
+        return Batch(owners, params, grads, duals, bufs, ids, device, synced, all(map(Tensor.is_contiguous, grads)),
                       sharded)
 
-    def _take_snapshot(self, gi: int, group: dict[str, Any], batch: _Batch) -> None:
+    def _take_snapshot(self, gi: int, group: dict[str, Any], batch: Batch) -> None:
         plist = group["params"]
         settings = (group["p"], group["dual_dtype"], group["momentum"] != 0.0, self._impls[gi])
         has_grad = [x.grad is not None for x in plist]
-        self._snapshots[gi] = _Snapshot(group, settings, list(map(_version, plist)), _addresses(plist, batch.sharded),
+        self._snapshots[gi] = Snapshot(group, settings, list(map(_version, plist)), addresses(plist, batch.sharded),
                                         has_grad, all(has_grad), batch.sharded, batch._replace(grads=None))
 
-    def _deferred(self, gi: int, group: dict[str, Any], batch: _Batch) -> bool:
+    def _deferred(self, gi: int, group: dict[str, Any], batch: Batch) -> bool:
         """Whether this group's non-finite check runs on the device (see ``nonfinite``)."""
         return (self._impls[gi] == "fused-triton" or group["capturable"]
                 or (torch.compiler.is_compiling() and batch.device.type != "cpu"))
 
     @torch.compiler.disable
-    def _begin_step(self) -> tuple[list[_Batch], dict] | None:
+    def _begin_step(self) -> tuple[list[Batch], dict] | None:
         """Report device-side findings of earlier steps, gather the groups, run the non-finite
         check; None when the step is skipped on the host."""
         self._report_deferred(wait=False)
@@ -464,14 +418,14 @@ class MirrorDescent(Optimizer):
         return loss
 
     @torch.compiler.disable
-    def _end_step(self, batches: list[_Batch], flags: dict) -> None:
+    def _end_step(self, batches: list[Batch], flags: dict) -> None:
         for gi, (group, b) in enumerate(zip(self.param_groups, batches)):
             if b.params:
                 # the fused Triton kernel writes through raw pointers (no version bump): its
                 # recorded versions and lists stay valid until something else changes
                 snap = self._snapshots.get(gi)
                 if self._impls[gi] != "fused-triton" or b.synced or snap is None or snap.batch.params is not b.params:
-                    self._versions.update(zip(map(id, b.owners), map(_key, b.owners)))
+                    self._versions.update(zip(map(id, b.owners), map(key, b.owners)))
                     self._take_snapshot(gi, group, b)
             group["step"] += 1
         for device in flags:
@@ -559,60 +513,3 @@ def _hyper(group: dict[str, Any], device: torch.device) -> dict[str, Any]:
                 momentum=group["momentum"], weight_decay=group["weight_decay"], maximize=group["maximize"])
 
 
-def _key(param: Tensor) -> tuple[int, int]:
-    """(version counter, address): what moves when a parameter is edited or replaced."""
-    return param._version, _dist.local(param).data_ptr()
-
-
-def _addresses(params: list[Tensor], sharded: bool) -> list[int]:
-    return [_dist.local(x).data_ptr() for x in params] if sharded else list(map(Tensor.data_ptr, params))
-
-
-def _capturing(t: Tensor) -> bool:
-    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-def _check_dense(grads: list[Tensor]) -> bool:
-    """Raise for a sparse gradient, else tell whether all are contiguous (one pass of
-    ``is_contiguous``, False for a sparse tensor, answers for almost every list)."""
-    if all(map(Tensor.is_contiguous, grads)):
-        return True
-    if any(g.layout != torch.strided for g in grads):
-        raise RuntimeError(_SPARSE_MESSAGE)
-    return False
-
-
-class _Batch(NamedTuple):
-    """One parameter group's share of a step, from ``MirrorDescent._init_group``."""
-
-    owners: list[Tensor]  # the parameters that have gradients
-    params: list[Tensor]  # their tensors (a DTensor's local shard)
-    grads: list[Tensor] | None
-    duals: list[Tensor | None]  # θ (None where the parameter is its own dual, p = 2)
-    bufs: list[Tensor | None]  # momentum buffers (None without momentum)
-    ids: list[int]  # global parameter indices (for error messages)
-    device: torch.device | None
-    synced: bool  # some θ was (re)built this step: the recorded versions and lists must be renewed
-    contiguous: bool  # every gradient is contiguous
-    sharded: bool  # some parameter is a DTensor
-
-
-class _Snapshot(NamedTuple):
-    """A parameter group right after a step, for the per-step fast path of ``_init_group``."""
-
-    group: dict[str, Any]
-    settings: tuple  # (p, dual_dtype, momentum on, implementation)
-    versions: list[int]
-    ptrs: list[int]
-    has_grad: list[bool]
-    all_have_grads: bool
-    sharded: bool
-    batch: _Batch
-
-    def valid(self, group, settings, plist, grads) -> bool:
-        if self.group is not group or self.settings != settings or self.versions != list(map(_version, plist)):
-            return False
-        if self.ptrs != _addresses(plist, self.sharded):
-            return False
-        have = list(map(operator.is_not, grads, repeat(None)))
-        return all(have) if self.all_have_grads else have == self.has_grad
