@@ -155,6 +155,8 @@ class DeviceRecord:
         on CPU, ``rec`` itself."""
         if self.device.type != "cuda":
             return self.rec.tolist()
+        if torch.cuda.is_current_stream_capturing():  # no event queries while a graph is captured
+            return None
         newest = None
         while self._pending and self._pending[0][0].query():
             newest = self._pending.popleft()[1]

@@ -16,12 +16,18 @@ ulp.  Under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, used by the tests 
 without a GPU) libdevice is unavailable and ``exp(e·log|θ|)`` stands in for ``powf``;
 everything else is the same code.
 
-The NaN/inf check of ``nonfinite="raise"/"skip"`` is a second kernel over the same tables:
-it reads the gradients once and raises a one-element flag, which the optimizer reads back
-(one host synchronisation per device) before it launches the update.
+The NaN/inf check of ``nonfinite="raise"/"skip"`` is a second kernel over the same tables: it
+reads the gradients once and raises a one-element device flag to ``BIG − i`` for the first bad
+parameter ``i``; the update kernels read the flag first and write nothing when it is set, and a
+one-program kernel then records the step (see :class:`~attnopt.optim._nonfinite.DeviceRecord`).
+No host synchronisation: the host learns of a skipped step later.
+
+With ``capturable=True`` a tensor ``lr`` is read by the kernel (``alpha = ∓lr`` and the weight
+decay factor are computed on the device), and every table uploaded while a CUDA graph is
+captured comes from pinned memory kept alive with the plan, so that replays read it again.
 
 Triton is optional: importing this module without it raises a clear ImportError, and
-:class:`~attnopt.optim.MirrorDescent` only imports it when ``fused=True``.
+:class:`~attnopt.optim.MirrorDescent` only imports it for CUDA parameters (or ``fused=True``).
 """
 
 from __future__ import annotations
@@ -406,6 +412,8 @@ def prepare_step(plan: FusedPlan, grads: list[Tensor], *, lr, p, normalize, eps,
             step = cached[2]
         else:
             table, host = _upload(rows, device)
+            if host is not None:  # captured in a CUDA graph, whose replays read both again: keep them
+                plan.keep.append((host, table))
             gp = table[:n]
             step = (gp, table[n:2 * n] if normalize else gp, table[-9:], aligned and _aligned(rows[:n]))
             if not normalize:  # the scales are new tensors every step: nothing to reuse
