@@ -254,6 +254,28 @@ _TRITON_SCRIPT = textwrap.dedent(
                     x.grad = g
                 opt.step()
             assert_same(a, b)
+    # exact resume on the Triton path: save, load into a new optimizer, continue = uninterrupted
+    import io
+    for p in (1.3, 1.75):
+        a = make_params((40, 30), (7,))
+        oa = MirrorDescent(a, lr=0.03, p=p, momentum=0.5, fused=True)
+        run_k = lambda params, opt, ks: [  # noqa: E731
+            ([setattr(x, "grad", g) for x, g in zip(params, grads_like(params, seed=k, scale=0.3))], opt.step())
+            for k in ks]
+        run_k(a, oa, range(3))
+        buf = io.BytesIO()
+        torch.save({"w": [x.detach() for x in a], "o": oa.state_dict()}, buf)
+        run_k(a, oa, range(3, 5))
+        b = make_params((40, 30), (7,))
+        ob = MirrorDescent(b, lr=0.03, p=p, momentum=0.5, fused=True)
+        buf.seek(0)
+        ck = torch.load(buf, weights_only=True)
+        with torch.no_grad():
+            for x, w in zip(b, ck["w"]):
+                x.copy_(w)
+        ob.load_state_dict(ck["o"])
+        run_k(b, ob, range(3, 5))
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), p
     print("TRITON-OK")
     """
 )
