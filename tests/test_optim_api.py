@@ -187,3 +187,23 @@ def test_compiled_step_matches_eager_and_handles_nonfinite():
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=3e-6, atol=1e-8)
     assert oa.skipped_steps == ob.skipped_steps == 1
+
+
+def test_a_state_dict_of_an_older_version_loads():
+    """Saved before capturable and synced_weights existed: defaults fill the group, and θ is
+    checked against the weights to 2 ulp instead of exactly."""
+    params = make_params((6, 5))
+    opt = MirrorDescent(params, lr=0.05, p=1.75)
+    _steps(params, opt, n=2)
+    sd = copy.deepcopy(opt.state_dict())
+    for key in ("capturable", "compiled"):
+        del sd["param_groups"][0][key]
+    del sd["state"][0]["synced_weights"]
+    copies = [torch.nn.Parameter(x.detach().clone()) for x in params]
+    fresh = MirrorDescent(copies, lr=0.05, p=1.75)
+    fresh.load_state_dict(sd)
+    assert fresh.param_groups[0]["capturable"] is False and fresh.param_groups[0]["compiled"] is None
+    _steps(copies, fresh, n=2, seed=5)
+    _steps(params, opt, n=2, seed=5)
+    for x, y in zip(copies, params):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-8)
