@@ -12,13 +12,14 @@ summed BCE) and differ only in how:
   optimiser that recomputes the dual variable ``sign(w)|w|^(p-1)`` from the weights at
   every step;
 * **ours**: the training step of :mod:`attnopt.experiments.imdb` — bf16 autocast on GPU,
-  ``scaled_dot_product_attention`` (fused kernels), padding to the batch's longest review,
+  ``scaled_dot_product_attention`` (fused kernels), padding to the batch's longest review
+  (``dynamic``) or none at all (``none``: packed reviews, attention over jagged tensors),
   :class:`attnopt.optim.MirrorDescent` (stored dual, foreach / compiled / fused kernels), and
   optionally ``torch.compile``.
 
 Reported per step kind: reviews/s, ms/step, and on GPU the model FLOP utilisation (matmul
-FLOPs of the shapes actually computed, forward + backward, over the device's dense bf16
-peak — the same peak for both rows).  The script never reports numbers it did not measure:
+FLOPs of the reviews' real tokens, forward + backward, over the device's dense bf16 peak — the
+same work for every row, so the column compares speed).  The script never reports numbers it did not measure:
 on a machine without a GPU it says so.
 """
 
@@ -33,7 +34,10 @@ import torch
 
 from attnopt.data.reviews import load_reviews
 from attnopt.experiments.imdb import DeviceSplit, TrainConfig, make_optimizer, train_step
-from attnopt.models.encoder import EncoderClassifier
+from attnopt.experiments.imdb.batching import member_batch
+from attnopt.experiments.imdb.engine import Settings
+from attnopt.experiments.imdb.execution import Dist
+from attnopt.models.encoder import EncoderClassifier, EncoderEnsemble
 
 #: Dense bf16 tensor-core peak (FLOP/s) by device-name fragment, from the vendors' data sheets.
 PEAK_BF16 = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -76,33 +80,32 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(kind: str, cfg: TrainConfig, split: DeviceSplit, device: torch.device, steps: int, warmup: int,
-            compile_model: bool, md_impl: str) -> dict:
+            compile_model: bool, md_impl: str, pad: str = "dynamic") -> dict:
     torch.manual_seed(0)
     if kind == "baseline":
-        model = EncoderClassifier(cfg.model_config().with_(attn_impl="explicit")).to(device)
+        model = EncoderClassifier(cfg.model_config().replace(attn_impl="explicit")).to(device)
         opt = LoopMirrorDescent(model.parameters(), lr=cfg.resolved_lr(), p=cfg.p)
-        precision, pad, fwd = "fp32", "max", model
+        precision, pad, fwd = "fp32", "max", EncoderEnsemble([model])
     else:
         model = EncoderClassifier(cfg.model_config()).to(device)
-        opt = make_optimizer(TrainConfig(**(cfg.to_dict() | {"md_impl": md_impl})), model.parameters(), device)
+        opt = make_optimizer(cfg.replace(md_impl=md_impl), model.parameters(), device)
         precision = "bf16" if device.type == "cuda" else "fp32"
-        pad = "dynamic"
-        fwd = torch.compile(model) if compile_model else model
+        fwd = EncoderEnsemble([model])
+        fwd = torch.compile(fwd) if compile_model else fwd
+    settings = Settings(device, precision, pad, "bce", "sum", cfg.batch_size, cfg.pad_multiple, 500, 20, False, Dist())
     model.train()
     g = torch.Generator().manual_seed(1)
     B = cfg.batch_size
-    batches = []
-    for _ in range(warmup + steps):
-        batches.append(torch.randint(0, split.n, (B,), generator=g))
+    batches = [torch.randint(0, split.n, (B,), generator=g) for _ in range(warmup + steps)]
     flops = 0.0
     for i, idx in enumerate(batches):
         if i == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        ids, y = split.batch(idx, pad, cfg.pad_multiple)
-        train_step(fwd, opt, ids, y, device, precision, "sum")
+        batch, y = member_batch(split, [idx], pad, cfg.pad_multiple)
+        train_step(fwd, [opt], batch, y, settings)
         if i >= warmup:
-            flops += B * model.flops_per_example(ids.shape[1])
+            flops += sum(model.flops_per_example(int(n)) for n in split.lengths[idx])
     _sync(device)
     dt = time.perf_counter() - t0
     return {"kind": kind, "reviews_per_s": steps * B / dt, "ms_per_step": 1000 * dt / steps, "flops_per_s": flops / dt,
@@ -142,13 +145,13 @@ def main(argv=None) -> int:
     if compile_model and warmup < 3:
         warmup = 3
 
-    data = load_reviews("imdb", cfg.max_len, subset=subset, eval_subset=100, data_root=args.data, cache=args.cache,
-                        progress=True)
+    data = load_reviews("imdb", cfg.max_len, subset=subset, eval_subset=100, data_root=args.data, cache=args.cache)
     split = DeviceSplit(data.train, device)
     name = device_name(device)
     peak = peak_flops(name) if gpu else None
     rows = [measure("baseline", cfg, split, device, steps, warmup, False, args.md_impl),
-            measure("ours", cfg, split, device, steps, warmup, compile_model, args.md_impl)]
+            measure("ours", cfg, split, device, steps, warmup, compile_model, args.md_impl, "dynamic"),
+            measure("ours", cfg, split, device, steps, warmup, compile_model, args.md_impl, "none")]
     base = rows[0]["reviews_per_s"]
 
     print(f"\nIMDB training-step throughput on {name} (torch {torch.__version__})")
@@ -157,7 +160,7 @@ def main(argv=None) -> int:
           f"{steps} timed steps after {warmup} warm-up steps; batches drawn from {len(split.lengths)} reviews"
           + ("; ours uses torch.compile" if compile_model else ""))
     print()
-    print("| step | precision | padding | reviews/s | ms/step | speed-up | MFU |")
+    print("| step | precision | padding | reviews/s | ms/step | speed-up | MFU (real tokens) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         mfu = f"{100 * r['flops_per_s'] / peak:.1f} %" if peak else "–"
@@ -171,18 +174,12 @@ def main(argv=None) -> int:
         print(f"\n(MFU not shown: no bf16 peak on record for {name!r}.)")
 
     if args.epoch:
-        from attnopt.experiments.imdb import train
-        import tempfile
+        from attnopt.experiments.imdb import run_train
 
-        ecfg = TrainConfig(**(cfg.to_dict() | {"max_epochs": 2, "compile": compile_model, "target_train_acc": 1.0,
-                                               "subset": subset if args.tiny else None,
-                                               "eval_subset": 100 if args.tiny else None}))
-        with tempfile.TemporaryDirectory() as tmp:
-            s = train(ecfg, tmp, data_root=args.data, cache=args.cache, log=None)
-            import csv
-
-            with open(f"{tmp}/history.csv") as fh:
-                hist = list(csv.DictReader(fh))
+        ecfg = cfg.replace(max_epochs=2, compile=compile_model, target_train_acc=1.0,
+                           subset=subset if args.tiny else None, eval_subset=100 if args.tiny else None)
+        res = run_train(ecfg, data_root=args.data, cache=args.cache)
+        s, hist = res.summary, res.history
         sizes = f"subset {subset}" if args.tiny else "20,000 / 5,000 / 25,000 reviews"
         print(f"\nFull epochs (train + validation + test, {sizes}):")
         for h in hist:

@@ -4,8 +4,7 @@ or a bad value, naming the key: the CLIs and users catch one type."""
 import pytest
 
 from attnopt.config import ConfigError, config_from_dict
-from attnopt.experiments.convex_modular import ModularConfig
-from attnopt.experiments.convex_student_teacher import StudentTeacherConfig
+from attnopt.experiments.convex import ModularConfig, StudentTeacherConfig
 from attnopt.experiments.imdb import TrainConfig
 from attnopt.experiments.synthetic import ConvergenceConfig, JointConfig, MatrixConfig, PathConfig
 

@@ -1,8 +1,8 @@
 """The ``attnopt`` command line: the root app, its global options and the command groups.
 
-    attnopt [--version] [--debug] demo | synthetic … | convex … | imdb …
+    attnopt [--version] [--debug] demo | synthetic … | convex … | imdb … | vision …
 
-Each group lives in its own module (``synthetic``, ``convex``, ``imdb``) and imports heavy code
+Each group lives in its own module (``synthetic``, ``convex``, ``imdb``, ``vision``) and imports heavy code
 (torch, the experiments) inside its commands, so ``attnopt --help`` stays fast.  A command turns
 its options into a config, opens the run folder, calls the experiment's ``run_x`` and prints
 the result's table; errors follow the policy in :mod:`attnopt.cli._common`.
@@ -49,11 +49,13 @@ def main(
 from attnopt.cli import convex as _convex  # noqa: E402
 from attnopt.cli import imdb as _imdb  # noqa: E402
 from attnopt.cli import synthetic as _synthetic  # noqa: E402
+from attnopt.cli import vision as _vision  # noqa: E402
 
 app.command("demo")(_synthetic.demo)
 app.add_typer(_synthetic.app, name="synthetic")
 app.add_typer(_convex.app, name="convex")
 app.add_typer(_imdb.app, name="imdb")
+app.add_typer(_vision.app, name="vision")
 
 __all__ = ["app"]
 

@@ -42,7 +42,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from attnopt.data.shared import CHECKSUMS, DataError, shared_file
+from attnopt.errors import UserError
 from attnopt.paths import CACHE_ENV_VAR, cache_dir
+from attnopt.runtime import ProgressFn
 
 PAD_ID = 0
 UNK_ID = 100
@@ -64,10 +66,14 @@ SST2_VAL_SIZE = 2000
 SST2_VAL_SEED = 20131018
 
 
+class ReviewDataError(UserError, ValueError):
+    """A request the review data cannot serve: an unknown dataset, a bad length or subset size."""
+
+
 def check_dataset(name: str) -> str:
     key = str(name).lower().replace("-", "")
     if key not in DATASET_FILES:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise ReviewDataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return key
 
 
@@ -104,7 +110,7 @@ def encode_texts(texts: Sequence[str], max_len: int, tokenizer=None, data_root=N
                  progress: Callable[[int], None] | None = None) -> list[list[int]]:
     """Token ids of each text: ``[CLS] ... [SEP]`` cut to the first ``max_len`` ids."""
     if max_len < 2:
-        raise ValueError(f"max_len must be >= 2 (room for [CLS] and one token), got {max_len}")
+        raise ReviewDataError(f"max_len must be >= 2 (room for [CLS] and one token), got {max_len}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(data_root)
     out: list[list[int]] = []
     for start in range(0, len(texts), chunk):
@@ -237,7 +243,7 @@ def split_rows(dataset: str, data_root=None, val_in_train: bool = False) -> dict
 def balanced_subset(rows: np.ndarray, labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """A seeded subset of ``rows`` with ``n`` entries, half from each class (sorted)."""
     if n <= 0:
-        raise ValueError(f"subset size must be positive, got {n}")
+        raise ReviewDataError(f"subset size must be positive, got {n}")
     if n >= len(rows):
         return np.sort(rows)
     rng = np.random.default_rng(seed)
@@ -319,15 +325,16 @@ def _unpack(z, prefix: str, max_len: int) -> TokenizedSplit:
 def load_reviews(dataset: str = "imdb", max_len: int = 512, subset: int | None = None,
                  eval_subset: int | None = None, data_seed: int = 0, val_in_train: bool = False,
                  clean_html: bool = False, data_root=None, cache: str | os.PathLike | None = None,
-                 use_cache: bool = True, progress: bool = False) -> ReviewData:
+                 use_cache: bool = True, progress: ProgressFn | None = None) -> ReviewData:
     """Tokenised train / val / test splits of ``dataset`` (cached on disk).
 
     ``subset`` keeps a class-balanced seeded subset of ``subset`` training reviews and
     ``eval_subset`` (default: ``subset``) of each of val and test; ``None`` keeps everything.
+    ``progress`` hears how many reviews have been tokenised (label "tokenising <dataset>").
     """
     dataset = check_dataset(dataset)
     if max_len < 2 or max_len > 512:
-        raise ValueError(f"max_len must be in [2, 512] (learned positions cover 512), got {max_len}")
+        raise ReviewDataError(f"max_len must be in [2, 512] (learned positions cover 512), got {max_len}")
     if eval_subset is None:
         eval_subset = subset
     # Cached splits never include val in train; ``val_in_train`` is applied after loading.
@@ -368,29 +375,15 @@ def _tokenize_splits(dataset, max_len, subset, eval_subset, data_seed, clean_htm
     texts_col = tab.column("text")
     tok = load_tokenizer(data_root)
     total = sum(len(v) for v in chosen.values())
-    bar = _progress_bar(progress, total, f"tokenising {dataset} (max_len {max_len})")
+    label = f"tokenising {dataset}"
     out = {}
-    try:
-        for s in SPLITS:
-            idx = chosen[s]
-            texts = texts_col.take(idx).to_pylist()
-            ids = encode_texts(texts, max_len, tok, clean_html=clean_html,
-                               progress=(lambda k: bar[0].update(bar[1], advance=k)) if bar else None)
-            out[s] = TokenizedSplit.from_lists(ids, labels[idx], rows=idx, max_len=max_len)
-    finally:
-        if bar:
-            bar[0].stop()
+    for s in SPLITS:
+        idx = chosen[s]
+        texts = texts_col.take(idx).to_pylist()
+        ids = encode_texts(texts, max_len, tok, clean_html=clean_html,
+                           progress=(lambda k: progress(label, k, total)) if progress is not None else None)
+        out[s] = TokenizedSplit.from_lists(ids, labels[idx], rows=idx, max_len=max_len)
     return out
-
-
-def _progress_bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from rich.progress import Progress
-
-    prog = Progress(transient=True)
-    prog.start()
-    return prog, prog.add_task(desc, total=total)
 
 
 def data_facts(data_root=None) -> dict:
@@ -433,5 +426,5 @@ def review_data_from_texts(train: tuple[Sequence[str], Sequence[int]], val: tupl
 __all__ = [
     "PAD_ID", "CLS_ID", "SEP_ID", "UNK_ID", "VOCAB_SIZE", "DATASETS", "SPLITS", "TokenizedSplit", "ReviewData",
     "cache_dir", "cache_key", "load_tokenizer", "encode_texts", "clean_text", "read_table", "split_rows",
-    "balanced_subset", "load_reviews", "data_facts", "review_data_from_texts", "check_dataset",
+    "balanced_subset", "load_reviews", "data_facts", "review_data_from_texts", "check_dataset", "ReviewDataError",
 ]

@@ -24,6 +24,7 @@ CHECKSUMS: dict[str, str] = {
     "sst2/sst2_glue.parquet": "0a3252a37b630ea3eb14e89019374b02ebf7f2c2ebdaaa86ce6df971bf803005",
     "tokenizers/bert-base-uncased/tokenizer.json": "d241a60d5e8f04cc1b2b3e9ef7a4921b27bf526d9f6050ab90f9267a1f9e5c66",
     "tokenizers/bert-base-uncased/vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "e5_probes/e5_probes.csv": "b2bc664925a93531771c1ab837a82f6cbb68cf1f24fbcc41cd05c5c0740a70e6",
 }
 
 _verified: dict[tuple[str, int, int], str] = {}

@@ -9,8 +9,7 @@ Every function takes plain arrays (no experiment objects) and returns a ``Figure
 * :func:`sweep_figure` — final divergence against p;
 * :func:`verdict_figure` — token-optimality verdict counts per p;
 * :func:`path_figure` — E1-path: two entries of W(k) vs the rescaled SVM ray;
-* :func:`joint_figure` — E2: W and v paths vs their SVM rays, softmax and logistic probability;
-* :func:`epoch_curves_figure` — E3/E6: train, validation and test accuracy per epoch, one line per run.
+* :func:`joint_figure` — E2: W and v paths vs their SVM rays, softmax and logistic probability.
 """
 
 from __future__ import annotations
@@ -239,25 +238,3 @@ __all__ = [
     "mean_std_axes", "convergence_figure", "matrix_figure", "rate_figure", "sweep_figure", "verdict_figure",
     "path_figure", "joint_figure",
 ]
-
-
-def epoch_curves_figure(curves: Mapping[str, Mapping[str, np.ndarray]], *,
-                        panels: Sequence[tuple[str, str]] = (("train_acc", "train accuracy"),
-                                                             ("val_acc", "validation accuracy"),
-                                                             ("test_acc", "test accuracy")),
-                        title: str = ""):
-    """One panel per history column (epochs on x), one line per run ``label -> {column: values}``."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
-    colors = _colors(len(curves))
-    for ax, (col, name) in zip(axes[0], panels):
-        for (label, hist), c in zip(curves.items(), colors):
-            if col in hist:
-                ax.plot(hist["epoch"], hist[col], color=c, label=label, lw=1.4)
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig

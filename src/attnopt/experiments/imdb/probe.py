@@ -1,4 +1,9 @@
-"""E5 probe set: short movie reviews, each with exactly one marked sentiment-bearing word.
+"""E5 probe sets: short movie reviews, each with exactly one marked sentiment-bearing word.
+
+Two sets: ours (:data:`PROBE_REVIEWS`, below) and the authors' 50 probe sentences
+(``e5_probes/e5_probes.csv`` in the shared data folder, :func:`authors_probes`), of which the
+authors keep only those whose marked token is a single WordPiece of the tokenised sentence
+(44 with the shared uncased tokenizer).
 
 The marked word (between asterisks) is the only word that decides the review's polarity;
 the rest is neutral filler about a film.  The E5 score counts on how many reviews a
@@ -8,8 +13,11 @@ Written for this project; label 1 = positive, 0 = negative.
 
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
+
+AUTHORS_PROBE_FILE = "e5_probes/e5_probes.csv"
 
 _MARK = re.compile(r"\*([^*]+)\*")
 
@@ -101,4 +109,31 @@ def probe_reviews() -> list[ProbeReview]:
     return [parse_marked(r, y) for r, y in PROBE_REVIEWS]
 
 
-__all__ = ["PROBE_REVIEWS", "ProbeReview", "parse_marked", "probe_reviews"]
+def authors_probes(tokenizer, data_root=None) -> tuple[list[tuple[int, ProbeReview]], list[tuple[int, str]]]:
+    """The authors' probe sentences as ``(index, ProbeReview)`` — the marked span is the first
+    word piece equal to the marked token — and the ``(index, reason)`` of those left out
+    because the marked token is not a single word piece of the tokenised sentence (the
+    authors' rule).  The file is checked against its published sha256."""
+    from attnopt.data.shared import DataError, shared_file
+
+    path = shared_file(AUTHORS_PROBE_FILE, data_root)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        items = [(int(r["index"]), r["sentence"], int(r["label"]), r["marked_token"].strip().lower()) for r in rows]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not the E5 probe table (index, sentence, label, marked_token): {exc}") from None
+    usable, excluded = [], []
+    for idx, text, label, marked in items:
+        enc = tokenizer.encode(text)
+        hits = [j for j, t in enumerate(enc.tokens) if t == marked]
+        if not hits:
+            why = "not in the sentence" if marked not in text.lower() else "split into several word pieces"
+            excluded.append((idx, why))
+            continue
+        start, end = enc.offsets[hits[0]]
+        usable.append((idx, ProbeReview(text, label, text[start:end], start, end)))
+    return usable, excluded
+
+
+__all__ = ["PROBE_REVIEWS", "ProbeReview", "parse_marked", "probe_reviews", "authors_probes", "AUTHORS_PROBE_FILE"]

@@ -1,0 +1,162 @@
+"""A campaign trial's record: the small, committed trace of one finished training run.
+
+``<results>/records/<cell>/<trial>/`` holds
+
+* ``config.json`` — the run's identity (as written by ``imdb train``, so ``imdb table RUN…``
+  reads a record like a run folder);
+* ``history.csv`` — per-epoch losses and accuracies (6 significant digits);
+* ``report.md`` — the run's one-page report;
+* ``e4.json`` — per matrix type (Q, K, V, O, MLP; pooled over blocks): entries above 0.06,
+  max |w|, fraction near zero, Hoyer sparsity, a histogram of |w| on fixed log-spaced bins
+  (:data:`HIST_EDGES`, so records add up), and the accuracy after magnitude pruning;
+* ``e5.json`` — per probe set (ours, the authors'), per probe the normalised [CLS] attention
+  score of the marked token (min–max over the tokens without [CLS]/[SEP], as the authors);
+* ``summary.json`` — the run's summary plus ``"record"`` (trial key, cell), written last with
+  ``"complete": true``.
+
+No checkpoint.  The record is assembled in a temporary folder beside its place and renamed
+into place, so a record folder exists only when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attnopt.errors import RunFolderError
+from attnopt.experiments.imdb.attention import score_probe
+from attnopt.experiments.imdb.batching import DeviceSplit
+from attnopt.experiments.imdb.probe import authors_probes, probe_reviews
+from attnopt.experiments.imdb.sparsity import MATRIX_TYPES, pooled_weights, pruning_curve, weight_stats
+from attnopt.report.runs import RunDir
+
+#: |w| histogram bin edges: 0, then 10 log-spaced bins per decade from 1e-5 to 10.
+HIST_EDGES = np.concatenate([[0.0], np.logspace(-5, 1, 61)])
+RECORD_FILES = ("config.json", "history.csv", "report.md", "e4.json", "e5.json", "summary.json")
+PROBE_SETS = ("ours", "authors")
+
+
+def weight_histograms(model) -> dict[str, list[int]]:
+    """Per matrix type, counts of |w| in the bins of :data:`HIST_EDGES` (the last bin is open)."""
+    out = {}
+    for t, w in pooled_weights(model).items():
+        a = w.abs().double().cpu().numpy()
+        counts, _ = np.histogram(np.minimum(a, HIST_EDGES[-1]), bins=HIST_EDGES)
+        out[t] = [int(c) for c in counts]
+    return out
+
+
+def e4_stats(model, split: DeviceSplit | None, levels, split_name: str = "test", batch_size: int = 500) -> dict:
+    """E4 statistics of a trained model (pruning accuracy on ``split`` when given)."""
+    stats = weight_stats(model)
+    prune = [] if split is None else pruning_curve(model, split, levels, batch_size)
+    return {"stats": stats, "hist_edges": [float(e) for e in HIST_EDGES], "histograms": weight_histograms(model),
+            "pruning": [{"level": r["level"], "accuracy": r["accuracy"]} for r in prune],
+            "pruning_split": None if split is None else split_name}
+
+
+def e5_scores(model, max_len: int, tokenizer, data_root=None) -> dict:
+    """Per probe set, per probe: the marked token's normalised score and its rank."""
+    ours = probe_reviews()
+    usable, excluded = authors_probes(tokenizer, data_root)
+    out = {}
+    for name, idx, reviews in (("ours", list(range(len(ours))), ours),
+                               ("authors", [i for i, _ in usable], [r for _, r in usable])):
+        rows = score_probe(model, reviews, max_len, tokenizer, over="content")
+        out[name] = {"n": len(rows), "mean_score": float(np.mean([r["score"] for r in rows])),
+                     "top_hits": int(sum(r["top"] for r in rows)),
+                     "probes": [{"index": i, "score": round(r["score"], 6), "rank": r["rank"]}
+                                for i, r in zip(idx, rows)]}
+    out["authors"]["excluded"] = [{"index": i, "reason": why} for i, why in excluded]
+    out["normalisation"] = "min-max over the tokens without [CLS]/[SEP] (the authors' definition)"
+    return out
+
+
+def compact_history(path: Path) -> str:
+    """history.csv with floats to 6 significant digits (keeps records small)."""
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(rows[0] if rows else [])
+    for r in rows[1:]:
+        w.writerow([_short(v) for v in r])
+    return buf.getvalue()
+
+
+def _short(v: str) -> str:
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return str(int(f)) if f.is_integer() and abs(f) < 1e15 else f"{f:.6g}"
+
+
+def write_record(run: Path, dest: Path, *, model, cell: str, key: str, eval_split: DeviceSplit | None,
+                 levels, tokenizer, split_name: str = "test", data_root=None) -> Path:
+    """Assemble the record of the finished run folder ``run`` at ``dest`` (atomically)."""
+    dest = Path(dest)
+    if dest.exists():
+        raise RunFolderError(f"{dest} exists already; a record is never overwritten (delete it to redo the trial)")
+    summary = json.loads((run / "summary.json").read_text())
+    cfg_json = json.loads((run / "config.json").read_text())
+    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    rd = RunDir(tmp)
+    rd.write_json("config.json", cfg_json)
+    rd.write_text("history.csv", compact_history(run / "history.csv"))
+    rd.write_text("report.md", (run / "report.md").read_text())
+    with torch.no_grad():
+        rd.write_json("e4.json", e4_stats(model, eval_split, levels, split_name))
+        rd.write_json("e5.json", e5_scores(model, int(cfg_json["config"].get("max_len", 512)), tokenizer, data_root))
+    summary = {k: v for k, v in summary.items() if k != "complete"}
+    rd.write_summary(summary | {"record": {"trial": key, "cell": cell, "files": list(RECORD_FILES)}}, complete=True)
+    os.replace(tmp, dest)
+    return dest
+
+
+def record_complete(path: Path) -> bool:
+    """Whether ``path`` holds a complete record (every file, summary marked complete)."""
+    path = Path(path)
+    if not all((path / f).is_file() for f in RECORD_FILES):
+        return False
+    try:
+        s = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(s, dict) and s.get("complete") is True and isinstance(s.get("record"), dict)
+
+
+def find_records(root: Path) -> list[Path]:
+    """Complete records under ``root`` (a results folder or a records folder), sorted."""
+    root = Path(root)
+    return sorted(p.parent for p in root.rglob("summary.json")
+                  if not p.parent.name.startswith(".") and record_complete(p.parent))
+
+
+def read_record(path: Path) -> dict:
+    """A record as plain data: config (the run's identity), summary, history columns, e4, e5."""
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())["config"]
+    with (path / "history.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    hist = {k: np.asarray([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
+    return {"path": path, "config": cfg, "summary": json.loads((path / "summary.json").read_text()),
+            "history": hist, "e4": json.loads((path / "e4.json").read_text()),
+            "e5": json.loads((path / "e5.json").read_text())}
+
+
+def record_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+__all__ = ["write_record", "record_complete", "find_records", "read_record", "record_size", "weight_histograms",
+           "e4_stats", "e5_scores", "HIST_EDGES", "RECORD_FILES", "PROBE_SETS", "MATRIX_TYPES"]
