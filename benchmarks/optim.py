@@ -14,6 +14,8 @@ less contention-sensitive figure on a shared machine.  Contenders:
 * ``sgd-foreach`` — ``torch.optim.SGD(foreach=True)`` (the baseline);
 * ``naive`` — the published per-tensor ℓp step, two powers per element, Python loop:
   ``θ' = sign(w)|w|^{p-1} − ηg; w = sign(θ')|θ'|^{1/(p-1)}``;
+* ``default`` — ``MirrorDescent(params, lr=…, p=…)`` with no implementation flag (the path it
+  picks: the C kernel on CPU, the Triton kernel on CUDA, when they can run);
 * ``single``, ``foreach``, ``compiled``, ``fused`` — :class:`MirrorDescent` paths, with the
   default non-finite check (``nonfinite="raise"``); ``fused`` is the C kernel on CPU and the
   Triton kernel on CUDA;
@@ -96,6 +98,8 @@ def contenders(shapes, device, dtype, p: float, lr: float):
     def ours(**kw):
         return lambda ws, gs: MirrorDescent(ws, lr=lr, p=p, **kw).step
 
+    out["default"] = with_grads(ours())
+    out["default/ignore"] = with_grads(ours(nonfinite="ignore"))
     out["single"] = with_grads(ours(foreach=False))
     out["foreach"] = with_grads(ours(foreach=True))
     out["compiled"] = with_grads(ours(compiled=True))
@@ -122,11 +126,10 @@ def kernel_only(ws, lr: float, p: float):
 
     opt = MirrorDescent(ws, lr=lr, p=p, fused=True, nonfinite="ignore")
     opt.step()  # builds θ and the plan
-    batch = opt._init_group(opt.param_groups[0], 0)
-    params, grads, duals, bufs = batch.params, batch.grads, batch.duals, batch.bufs
-    plan = opt._fused_plans[0]
-    return lambda: fused_mirror_descent(params, grads, duals, bufs, lr=lr, p=p, normalize=False, eps=0.0,
-                                        momentum=0.0, weight_decay=0.0, maximize=False, plan=plan)
+    b = opt._init_group(0, opt.param_groups[0], 0)
+    cache = opt._plans[0]
+    return lambda: fused_mirror_descent(b.params, b.grads, b.duals, b.bufs, lr=lr, p=p, normalize=False, eps=0.0,
+                                        momentum=0.0, weight_decay=0.0, maximize=False, fused_plan=cache)
 
 
 def time_round(fn, steps: int, device) -> tuple[float, float]:
@@ -217,7 +220,7 @@ def main(argv=None) -> int:
                 moved = numel * (b + 4 + 4 + b)  # read g, read θ (fp32), write θ, write w
                 sgd_moved = numel * 3 * b  # read g, read w, write w
                 bw = copy_bandwidth(numel, device)
-                for name in [k for k in ("fused", "fused/ignore", "fused-kernel") if k in med]:
+                for name in [k for k in ("default", "fused", "fused/ignore", "fused-kernel") if k in med]:
                     t, _, host = med[name]
                     print(f"cuda p={p:g} {name}: {moved / t / 1e9:.0f} GB/s = {moved / t / bw:.0%} of the "
                           f"copy's {bw / 1e9:.0f} GB/s; time {t / med['sgd-fused'][0]:.2f}x sgd-fused "

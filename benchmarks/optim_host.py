@@ -73,11 +73,26 @@ def main(argv=None) -> int:
 
     _triton._md_kernel = _NoLaunch()
     _triton._nonfinite_kernel = _NoLaunch()
+    _triton._finalize_kernel = _NoLaunch()
     shapes = [tuple(min(d, 8) for d in s) for s in transformer_shapes(blocks=args.blocks)]
+    from attnopt.optim import _state
+
+    def without_fast_path(step):
+        """The step with the per-group fast path off (every step rebuilds the lists)."""
+        def run():
+            valid = _state.Snapshot.valid
+            _state.Snapshot.valid = lambda *a: False
+            try:
+                step()
+            finally:
+                _state.Snapshot.valid = valid
+        return run
+
     rows = {
         "sgd-foreach": lambda ws: torch.optim.SGD(ws, lr=1e-4, foreach=True).step,
         "fused/ignore (host)": lambda ws: MirrorDescent(ws, lr=1e-4, p=1.5, fused=True, nonfinite="ignore").step,
         "fused, default check (host)": lambda ws: MirrorDescent(ws, lr=1e-4, p=1.5, fused=True).step,
+        "fused, default, no fast path": lambda ws: without_fast_path(MirrorDescent(ws, lr=1e-4, p=1.5, fused=True).step),
     }
     times = {name: _time(make(_params(shapes)), args.rounds) for name, make in rows.items()}
     base, base_min = times["sgd-foreach"]

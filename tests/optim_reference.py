@@ -51,3 +51,11 @@ def make_params(*shapes, dtype=torch.float32, seed=0, scale=0.1):
 def grads_like(params, seed=1, scale=1.0):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.randn(p.shape, generator=gen, dtype=torch.float64) * scale).to(p.dtype) for p in params]
+
+
+def train_steps(params, opt, n=2, seed=0):
+    """``n`` steps of ``opt`` with the seeded gradients ``grads_like(params, seed + k)``."""
+    for k in range(n):
+        for x, g in zip(params, grads_like(params, seed=seed + k)):
+            x.grad = g
+        opt.step()

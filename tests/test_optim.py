@@ -428,17 +428,21 @@ def test_per_group_p_and_lr_and_params_without_grad():
     assert c not in opt.state or "dual" not in opt.state[c]
 
 
-def test_lr_scheduler_drives_the_step_size():
-    p = 1.5
+@pytest.mark.parametrize("path", [{}, {"foreach": True}, {"foreach": False}, {"capturable": True}],
+                         ids=["default", "foreach", "single", "capturable"])
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float-lr", "tensor-lr"])
+def test_lr_scheduler_drives_the_step_size(tensor_lr, path):
+    p, wd = 1.5, (0.2 if tensor_lr else 0.0)
     w = make_params((5,), dtype=torch.float64)[0]
-    opt = MirrorDescent([w], lr=0.1, p=p)
+    opt = MirrorDescent([w], lr=torch.tensor(0.1, dtype=torch.float64) if tensor_lr else 0.1, p=p,
+                        weight_decay=wd, **path)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     ref = w.detach().clone()
     for k in range(3):
         g = grads_like([w], seed=k)[0]
         w.grad = g
         opt.step()
-        ref, _ = reference_step(ref, g, lr=0.1 * 0.5**k, p=p)
+        ref, _ = reference_step(ref, g, lr=0.1 * 0.5**k, p=p, weight_decay=wd)
         sched.step()
     torch.testing.assert_close(w.detach(), ref, rtol=1e-12, atol=0)
 

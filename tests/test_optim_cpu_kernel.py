@@ -19,16 +19,13 @@ import torch
 from attnopt.mirror import grad_psi_star
 from attnopt.optim import MirrorDescent, NonFiniteGradientError
 from attnopt.optim import _cpu
-from optim_reference import HAVE_CC, dual_tolerance, grads_like, make_params, reference_step
+from optim_reference import HAVE_CC, dual_tolerance, grads_like, make_params, reference_step, train_steps
 
 pytestmark = pytest.mark.skipif(not HAVE_CC, reason="no C compiler for the fused CPU kernel")
 
 
 def _steps(params, opt, k0=0, n=2):
-    for k in range(n):
-        for x, g in zip(params, grads_like(params, seed=k0 + k)):
-            x.grad = g
-        opt.step()
+    train_steps(params, opt, n=n, seed=k0)
 
 
 # p = 2 (own dual), 1.5 (square), 3 (sqrt), 1.1 / 1.01 (int), 1.4 (half-int), 1.3 / 1.75 / 5

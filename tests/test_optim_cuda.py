@@ -134,6 +134,9 @@ def test_extreme_weights_zero_gradient_and_overflow(p, path):
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_gradient_raises_and_changes_nothing(bad, path):
+    """The eager paths check on the host and raise at once; the fused path checks on the
+    device (no synchronisation), skips the step there and raises at check_nonfinite() or at
+    the next step, skipping every step until then."""
     params = cuda_params((50, 20), (20,))
     opt = MirrorDescent(params, lr=0.01, p=1.5, **path)
     run_grads = grads_like(params)
@@ -144,8 +147,80 @@ def test_nonfinite_gradient_raises_and_changes_nothing(bad, path):
     params[1].grad[3] = bad
     with pytest.raises(NonFiniteGradientError, match="parameter 1"):
         opt.step()
+        opt.check_nonfinite()
     for x, y in zip(params, before):
         assert torch.equal(x.detach(), y)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+def test_default_step_is_the_fused_kernel_without_a_host_synchronisation():
+    params = cuda_params((300, 70), (1500,), (3,))
+    opt = MirrorDescent(params, lr=0.01, p=1.75, momentum=0.5)
+    assert opt.implementation == "fused-triton"
+    for k in range(6):
+        for x, g in zip(params, grads_like(params, seed=k)):
+            x.grad = g.cuda()
+        if k < 2:
+            opt.step()  # the first steps build θ, the plan and the device record
+            continue
+        torch.cuda.set_sync_debug_mode("error")  # any synchronising call now raises
+        try:
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert opt.check_nonfinite() == 0 and opt.param_groups[0]["step"] == 6
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+@pytest.mark.parametrize("p", [1.1, 1.75, 3.0])
+def test_whole_training_step_captured_in_a_cuda_graph_replays_like_eager(p):
+    """capturable=True: forward, backward and opt.step() captured in one CUDA graph replay with the
+    result of the same steps run eagerly; lr lives in a tensor (changed between replays), and a
+    NaN batch is skipped on the device inside the graph."""
+    import copy
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 1)).cuda()
+    models = {"eager": copy.deepcopy(base), "graph": copy.deepcopy(base)}
+    lrs = {k: torch.tensor(0.01, device="cuda") for k in models}
+    opts = {k: MirrorDescent(m.parameters(), lr=lrs[k], p=p, momentum=0.9, weight_decay=0.01, capturable=True,
+                             nonfinite="skip") for k, m in models.items()}
+    gen = torch.Generator().manual_seed(1)
+    data = [(torch.randn(32, 64, generator=gen).cuda(), torch.randn(32, 1, generator=gen).cuda()) for _ in range(8)]
+    data[5][0][0, 0] = float("nan")
+
+    def train_step(model, opt, x, y):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+    static_x, static_y = data[0][0].clone(), data[0][1].clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph, as for any capture
+        for _ in range(3):
+            train_step(models["graph"], opts["graph"], static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opts["graph"].zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        torch.nn.functional.mse_loss(models["graph"](static_x), static_y).backward()
+        opts["graph"].step()
+    for _ in range(3):
+        train_step(models["eager"], opts["eager"], *data[0])
+    for k, (x, y) in enumerate(data[1:], start=1):
+        if k == 4:
+            for lr in lrs.values():
+                lr.fill_(0.005)
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        train_step(models["eager"], opts["eager"], x, y)
+    torch.cuda.synchronize()
+    for a, b in zip(models["eager"].parameters(), models["graph"].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert opts["eager"].check_nonfinite() == 1
+    assert opts["graph"]._records[torch.device("cuda", 0)].read()[0] == 1  # the replayed NaN batch was skipped
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")

@@ -129,7 +129,7 @@ _TRITON_SCRIPT = textwrap.dedent(
         a[0].grad, a[1].grad = grads_like(a[:1], seed=40 + k)[0], None
         oa.step()
     snap = oa._snapshots[0]
-    assert snap.has_grad == [True, False] and snap.params is oa._fused_plans[0].source
+    assert snap.has_grad == [True, False] and snap.batch.params is oa._plans[0]["plan"].source
     # the per-step table of gradient addresses and scalars: reused while both repeat, rebuilt
     # when a gradient moves or the learning rate changes
     a = make_params((40, 30), (7,))
@@ -148,7 +148,7 @@ _TRITON_SCRIPT = textwrap.dedent(
             oa.param_groups[0]["lr"] = ob.param_groups[0]["lr"] = 0.01
         oa.step()
         ob.step()
-        tables.append(oa._fused_plans[0].step_tables[0][1])
+        tables.append(oa._plans[0]["plan"].step_tables[0][1])
         assert_same(a, b)
     assert tables[1] is tables[0] and tables[2] is not tables[1] and tables[3] is not tables[2]
     assert tables[4] is tables[3]
@@ -178,11 +178,13 @@ _TRITON_SCRIPT = textwrap.dedent(
             oa.step()
             ob.step()
             assert_same(a, b)
-        launches = prepare_step(oa._fused_plans[0], [x.grad for x in a], lr=0.02, p=1.5, normalize=False,
+        launches = prepare_step(oa._plans[0]["plan"], [x.grad for x in a], lr=0.02, p=1.5, normalize=False,
                                 eps=0.0, momentum=0.0, weight_decay=0.0, maximize=False)
         assert [launch.consts["ALIGNED"] for launch in launches] == [offset == 0]
-    # the NaN/inf check runs as a kernel over the step's gradient table: exact (a float64
-    # gradient of 1e300 is no false alarm), nothing written on a bad step, the flag reset after
+    # the NaN/inf check runs as a kernel over the step's gradient table and raises a device flag:
+    # exact (a float64 gradient of 1e300 is no false alarm), the update kernels skip themselves
+    # (nothing written), no host synchronisation; "raise" raises at the next step() or
+    # check_nonfinite(), naming the parameter and step, and skips every step until then
     from attnopt.optim import NonFiniteGradientError
     for dtype in (torch.float32, torch.bfloat16, torch.float64):
         a = make_params((40, 30), (1500,), dtype=dtype)
@@ -196,31 +198,84 @@ _TRITON_SCRIPT = textwrap.dedent(
                 if bad is not None:
                     params[1].grad[1234] = bad
             before = [x.detach().clone() for x in a + b]
-            if bad is None:
-                oa.step()
-                os_.step()
-            else:
+            oa.step()  # never raises for its own gradients: the device skips the step
+            os_.step()
+            if bad is not None:
+                assert all(torch.equal(x, y) for x, y in zip(a + b, before))
                 try:
-                    oa.step()
+                    oa.check_nonfinite()
                 except NonFiniteGradientError as exc:
-                    assert "parameter 1" in str(exc), exc
+                    assert "parameter 1" in str(exc) and f"at step {k + 1}," in str(exc), exc
                 else:
                     raise AssertionError("no error for a non-finite gradient")
-                os_.step()
-                assert all(torch.equal(x, y) for x, y in zip(a + b, before))
-            assert not oa._nonfinite_flags[a[0].device].item()
+            else:
+                assert not any(torch.equal(x, y) for x, y in zip(a + b, before))
+            assert oa._records[a[0].device].flag.item() == 0
         assert os_.skipped_steps == 3 and os_.param_groups[0]["step"] == 2
-        assert oa.param_groups[0]["step"] == 2
+        assert oa.skipped_steps == 3 and oa.param_groups[0]["step"] == 2
+    # without check_nonfinite(): the next step() raises before doing anything, and every step up
+    # to it was skipped (the flag is sticky); after the error, steps go on
+    a = make_params((40, 30), (7,))
+    oa = MirrorDescent(a, lr=0.02, p=1.5, fused=True)
+    for x, g in zip(a, grads_like(a, seed=1)):
+        x.grad = g
+    a[0].grad[3, 4] = float("nan")
+    before = [x.detach().clone() for x in a]
+    oa.step()
+    for x, g in zip(a, grads_like(a, seed=2)):
+        x.grad = g
+    try:
+        oa.step()
+    except NonFiniteGradientError as exc:
+        assert "parameter 0" in str(exc) and "at step 1," in str(exc), exc
+    else:
+        raise AssertionError("the next step did not raise")
+    assert all(torch.equal(x, y) for x, y in zip(a, before))
+    oa.step()
+    assert not torch.equal(a[0], before[0]) and oa.param_groups[0]["step"] == 1 and oa.skipped_steps == 1
     w = torch.nn.Parameter(torch.ones(3000, dtype=torch.float64))
     opt = MirrorDescent([w], lr=1e-310, p=1.5, fused=True)
     w.grad = torch.full_like(w, 1e306)  # a sum would overflow; every entry is finite
-
-    def no_scan():
-        raise AssertionError("the check raised a false alarm (the precise scan ran)")
-
-    opt._find_nonfinite = no_scan
     opt.step()
-    assert opt.param_groups[0]["step"] == 1 and bool(torch.isfinite(w).all())
+    assert opt.check_nonfinite() == 0 and opt.param_groups[0]["step"] == 1 and bool(torch.isfinite(w).all())
+    # a tensor lr is read by the kernel (capturable): the same weights as a float lr, to rounding
+    for kw in (dict(p=1.3), dict(p=1.75, weight_decay=0.3, momentum=0.5)):
+        a = make_params((40, 30), (1500,))
+        b = make_params((40, 30), (1500,))
+        lr = torch.tensor(0.02)
+        oa = MirrorDescent(a, lr=lr, fused=True, capturable=True, **kw)
+        ob = MirrorDescent(b, lr=0.02, foreach=False, **kw)
+        for k in range(3):
+            if k == 2:
+                lr.fill_(0.01)  # as a scheduler does with a tensor lr
+                ob.param_groups[0]["lr"] = 0.01
+            for params, opt in ((a, oa), (b, ob)):
+                for x, g in zip(params, grads_like(params, seed=90 + k)):
+                    x.grad = g
+                opt.step()
+            assert_same(a, b)
+    # exact resume on the Triton path: save, load into a new optimizer, continue = uninterrupted
+    import io
+    for p in (1.3, 1.75):
+        a = make_params((40, 30), (7,))
+        oa = MirrorDescent(a, lr=0.03, p=p, momentum=0.5, fused=True)
+        run_k = lambda params, opt, ks: [  # noqa: E731
+            ([setattr(x, "grad", g) for x, g in zip(params, grads_like(params, seed=k, scale=0.3))], opt.step())
+            for k in ks]
+        run_k(a, oa, range(3))
+        buf = io.BytesIO()
+        torch.save({"w": [x.detach() for x in a], "o": oa.state_dict()}, buf)
+        run_k(a, oa, range(3, 5))
+        b = make_params((40, 30), (7,))
+        ob = MirrorDescent(b, lr=0.03, p=p, momentum=0.5, fused=True)
+        buf.seek(0)
+        ck = torch.load(buf, weights_only=True)
+        with torch.no_grad():
+            for x, w in zip(b, ck["w"]):
+                x.copy_(w)
+        ob.load_state_dict(ck["o"])
+        run_k(b, ob, range(3, 5))
+        assert all(torch.equal(x, y) for x, y in zip(a, b)), p
     print("TRITON-OK")
     """
 )
@@ -294,15 +349,17 @@ def test_triton_kernels_compile_for_a_gpu():
     from attnopt.optim import _triton
 
     tables = {k: "*i64" for k in ("block_tensor", "block_start", "numels", "w_ptrs", "g_ptrs", "t_ptrs",
-                                  "b_ptrs", "s_ptrs", "scalars")}
+                                  "b_ptrs", "s_ptrs", "scalars")} | {"flag": "*i32", "lr_ptr": "*fp32"}
     base = dict(W_TY=tl.float32, G_TY=tl.float32, T_TY=tl.float32, KIND=4, N=10, OWN=False, HAS_SCALE=False,
-                HAS_MOMENTUM=False, HAS_DECAY=False, PRECISE=True, ALIGNED=True, BLOCK=_triton.BLOCK)
+                HAS_MOMENTUM=False, HAS_DECAY=False, PRECISE=True, ALIGNED=True, HAS_FLAG=False, LR_TENSOR=False,
+                BLOCK=_triton.BLOCK)
     ops = {}
     for name, change in {
         "int": {}, "unaligned": dict(ALIGNED=False), "general": dict(KIND=3, N=0), "halfint": dict(KIND=5, N=2),
         "sqrt": dict(KIND=1, N=0), "bf16": dict(W_TY=tl.bfloat16, G_TY=tl.bfloat16),
         "f64": dict(W_TY=tl.float64, G_TY=tl.float64, T_TY=tl.float64, KIND=3, N=0),
         "own": dict(KIND=0, N=0, OWN=True), "all options": dict(HAS_SCALE=True, HAS_MOMENTUM=True, HAS_DECAY=True),
+        "flag": dict(HAS_FLAG=True), "capturable": dict(HAS_FLAG=True, LR_TENSOR=True, HAS_DECAY=True),
     }.items():
         ops[name] = _ptx_ops(_compile_for_gpu(_triton._md_kernel, tables, dict(base, **change)))
     assert ops["int"]["ld.global.v4.b32"] > 0 and ops["int"]["st.global.v4.b32"] > 0
@@ -314,9 +371,15 @@ def test_triton_kernels_compile_for_a_gpu():
     unfused = _ptx_ops(_compile_for_gpu(_triton._md_kernel, tables, dict(base, HAS_SCALE=True, HAS_MOMENTUM=True,
                                                                           HAS_DECAY=True), fp_fusion=False))
     assert unfused["fma.rn.f32"] == 0 and unfused["add.rn.f32"] > 0
-    check = {k: "*i64" for k in ("block_tensor", "block_start", "numels", "g_ptrs")} | {"flag": "*i32"}
+    # the device flag: one load at the start, the kernel's only extra work; the tensor lr: one load
+    assert sum(ops["flag"].values()) <= sum(ops["int"].values()) + 8
+    assert ops["capturable"]["ld.global.b32"] >= 1
+    check = {k: "*i64" for k in ("block_tensor", "block_start", "numels", "g_ptrs", "codes")} | {"flag": "*i32"}
     for g_ty in (tl.float32, tl.bfloat16, tl.float64):
         for aligned in (True, False):
             check_ops = _ptx_ops(_compile_for_gpu(_triton._nonfinite_kernel, check,
                                                   dict(G_TY=g_ty, ALIGNED=aligned, BLOCK=_triton.BLOCK)))
             assert aligned == any(op.startswith("ld.global.v") for op in check_ops)
+            assert any(op.startswith("atom.global") or op.startswith("red.global") for op in check_ops)
+    for sticky in (True, False):
+        _compile_for_gpu(_triton._finalize_kernel, {"flag": "*i32", "rec": "*i64"}, dict(STICKY=sticky))

@@ -27,13 +27,17 @@ def repo_root() -> Path | None:
     return None
 
 
+def _given(explicit: str | os.PathLike | None, env_var: str) -> Path | None:
+    """The folder named by the caller, else by the environment variable, else None."""
+    value = explicit if explicit is not None else (os.environ.get(env_var) or None)
+    return None if value is None else Path(value).expanduser()
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The shared data folder (search order in the module docstring)."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get(DATA_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
+    given = _given(root, DATA_ENV_VAR)
+    if given is not None:
+        return given
     repo = repo_root()
     if repo is not None and (repo.parent / "shared" / "data").is_dir():
         return repo.parent / "shared" / "data"
@@ -42,9 +46,4 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
     """The cache folder: ``path``, else ``$ATTNOPT_CACHE``, else ``~/.cache/attnopt``."""
-    if path is not None:
-        return Path(path).expanduser()
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "attnopt"
+    return _given(path, CACHE_ENV_VAR) or Path.home() / ".cache" / "attnopt"

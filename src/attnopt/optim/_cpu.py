@@ -31,9 +31,19 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from torch.optim.optimizer import Optimizer
+
+from attnopt.errors import UserError
+from attnopt.optim._eager import single_tensor_mirror_descent
 from attnopt.optim._math import lq_scale, step_constants
 
-__all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports"]
+__all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports", "KernelBuildError"]
+
+
+class KernelBuildError(UserError, RuntimeError):
+    """The fused CPU kernel cannot be built or loaded here: no working C compiler, or a kernel
+    cache folder (``$ATTNOPT_CACHE/kernels``) that cannot be written.  ``MirrorDescent()``
+    then falls back to the single-tensor path with one warning; ``fused=True`` raises this."""
 
 SOURCE = Path(__file__).with_name("_cpu_kernel.c")
 _KINDS = {"identity": 0, "square": 1, "sqrt": 2, "int": 3, "halfint": 4, "general": 5}
@@ -106,10 +116,21 @@ def _build() -> ctypes.CDLL:
     try:
         version = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise RuntimeError(
-            f"MirrorDescent(fused=True) on CPU compiles a small C kernel at first use, but the C compiler "
+        raise KernelBuildError(
+            f"MirrorDescent's fused CPU path compiles a small C kernel at first use, but the C compiler "
             f"{' '.join(cc)!r} could not be run ({exc}). Install a C compiler (gcc or clang) or set $CC; "
-            "or use compiled=True / foreach=False."
+            "or pass foreach=False for the single-tensor path."
+        ) from exc
+    folder = _cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=folder, suffix=".probe")
+        probe.close()
+    except OSError as exc:
+        raise KernelBuildError(
+            f"MirrorDescent's fused CPU path keeps its compiled C kernel in the kernel cache {folder}, "
+            f"which cannot be written ({exc.strerror or exc}). Set $ATTNOPT_CACHE to a writable folder, "
+            "or pass foreach=False for the single-tensor path."
         ) from exc
     source = SOURCE.read_bytes()
     errors = []
@@ -118,9 +139,8 @@ def _build() -> ctypes.CDLL:
             b"\0".join([source, version.encode(), " ".join(cc + flags + _COMMON_FLAGS).encode(),
                         _cpu_signature().encode()])
         ).hexdigest()[:20]
-        target = _cache_dir() / f"attnopt_md_{key}.so"
+        target = folder / f"attnopt_md_{key}.so"
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
             os.close(fd)
             cmd = cc + flags + _COMMON_FLAGS + [str(SOURCE), "-o", tmp, "-lm"]
@@ -135,9 +155,9 @@ def _build() -> ctypes.CDLL:
             return _declare(ctypes.CDLL(str(target)))
         except OSError as exc:
             errors.append(f"loading {target}: {exc}")
-    raise RuntimeError(
-        "MirrorDescent(fused=True) on CPU could not build its C kernel:\n" + "\n".join(errors)
-        + "\nUse compiled=True or foreach=False instead."
+    raise KernelBuildError(
+        "MirrorDescent's fused CPU path could not build its C kernel:\n" + "\n".join(errors)
+        + "\nPass foreach=False for the single-tensor path."
     )
 
 
@@ -208,28 +228,29 @@ def count_nonfinite(grads: list[Tensor]) -> int:
 def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                              momentum, weight_decay, maximize) -> None:
     """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`)."""
-    from attnopt.optim.mirror_descent import _single_tensor_mirror_descent
-
+    lr = float(lr)  # a CPU tensor lr: no synchronisation
     e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
-    batches: dict[tuple, list[int]] = {}
+    kernel: dict[tuple, list[int]] = {}
     rest: list[int] = []
-    for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
-        buf = momentum_buffers[i] if momentum != 0.0 else None
-        if kernel_supports(param, grad, theta, buf):
-            batches.setdefault((param.dtype, grad.dtype, theta is None), []).append(i)
-        else:
-            rest.append(i)
+    bufs = momentum_buffers if momentum != 0.0 else [None] * len(params)
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, duals, bufs], with_indices=True)
+    for (_, pdtype), ((ps, gs, ds, bs), idx) in grouped.items():
+        for param, grad, theta, buf, i in zip(ps, gs, ds, bs, idx):
+            if kernel_supports(param, grad, theta, buf):
+                kernel.setdefault((pdtype, grad.dtype, theta is None), []).append(i)
+            else:
+                rest.append(i)
     if rest:
-        _single_tensor_mirror_descent(
+        single_tensor_mirror_descent(
             [params[i] for i in rest], [grads[i] for i in rest], [duals[i] for i in rest],
             [momentum_buffers[i] for i in rest], lr=lr, p=p, normalize=normalize, eps=eps,
             momentum=momentum, weight_decay=weight_decay, maximize=maximize,
         )
-    if not batches:
+    if not kernel:
         return
     lib = load()
     threads = torch.get_num_threads()
-    for (pdtype, gdtype, own), idx in batches.items():
+    for (pdtype, gdtype, own), idx in kernel.items():
         ws = [params[i].detach() for i in idx]
         thetas = ws if own else [duals[i] for i in idx]
         gs = [grads[i] for i in idx]

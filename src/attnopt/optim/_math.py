@@ -15,6 +15,7 @@ answer whenever the true value is below the smallest representable one.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,11 +29,18 @@ __all__ = [
     "inverse_exponent",
     "mirror_map",
     "inverse_map_into",
+    "inverse_map",
     "lq_scale",
     "dual_decay_factor",
     "step_constants",
+    "step_scalars",
     "TRITON_INTERPRETING",
+    "BIG",
 ]
+
+#: Non-finite check code of parameter ``i``: ``BIG − i`` (nonzero, larger for earlier parameters,
+#: so a maximum names the first bad one).
+BIG = 1 << 30
 
 #: Triton's CPU interpreter is on (``TRITON_INTERPRET=1``, read once at import, as Triton
 #: does): ``fused=True`` then sends CPU tensors to the Triton kernel (the tests' way of
@@ -152,6 +160,15 @@ def inverse_map_into(theta: Tensor, e: float, out: Tensor) -> None:
         out.copy_(a.copysign_(theta))
 
 
+def inverse_map(theta: Tensor, e: float, dtype: torch.dtype) -> Tensor:
+    r"""A new tensor ``sign(θ)|θ|^e`` in ``dtype``, clamped to its finite range (the
+    out-of-place :func:`inverse_map_into`, for the paths that select between old and new
+    values on the device)."""
+    out = torch.empty_like(theta, dtype=dtype)
+    inverse_map_into(theta, e, out)
+    return out
+
+
 def lq_scale(g: Tensor, p: float, eps: float, dtype: torch.dtype) -> Tensor:
     r"""0-d tensor ``1 / (‖g‖_q + eps)`` with q = p/(p-1), or ``0`` when that denominator is 0.
 
@@ -184,3 +201,20 @@ def step_constants(lr: float, p: float, weight_decay: float, maximize: bool) -> 
     kind, n = classify_exponent(e)
     decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
     return e, kind, n, decay, (lr if maximize else -lr)
+
+
+def step_scalars(lr: float | Tensor, p: float, weight_decay: float, maximize: bool) -> tuple[Any, Any]:
+    """``(decay, alpha)`` of :func:`step_constants` for a float or a tensor ``lr``.
+
+    A tensor ``lr`` (``capturable=True``, ``torch.compile``) gives 0-d float64 tensors on
+    its device, computed there (no host synchronisation): ``alpha = ∓lr`` and
+    ``decay = sign(c)|c|^{p-1}`` with ``c = 1 − lr·weight_decay`` (1 without weight decay)."""
+    if not isinstance(lr, Tensor):
+        _, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)
+        return decay, alpha
+    lr64 = lr.detach().reshape(()).to(torch.float64)
+    alpha = lr64 if maximize else -lr64
+    if weight_decay == 0.0:
+        return 1.0, alpha
+    c = 1.0 - lr64 * weight_decay
+    return torch.sign(c) * c.abs().pow(p - 1.0), alpha

@@ -16,12 +16,18 @@ ulp.  Under ``TRITON_INTERPRET=1`` (Triton's CPU interpreter, used by the tests 
 without a GPU) libdevice is unavailable and ``exp(e·log|θ|)`` stands in for ``powf``;
 everything else is the same code.
 
-The NaN/inf check of ``nonfinite="raise"/"skip"`` is a second kernel over the same tables:
-it reads the gradients once and raises a one-element flag, which the optimizer reads back
-(one host synchronisation per device) before it launches the update.
+The NaN/inf check of ``nonfinite="raise"/"skip"`` is a second kernel over the same tables: it
+reads the gradients once and raises a one-element device flag to ``BIG − i`` for the first bad
+parameter ``i``; the update kernels read the flag first and write nothing when it is set, and a
+one-program kernel then records the step (see :class:`~attnopt.optim._nonfinite.DeviceRecord`).
+No host synchronisation: the host learns of a skipped step later.
+
+With ``capturable=True`` a tensor ``lr`` is read by the kernel (``alpha = ∓lr`` and the weight
+decay factor are computed on the device), and every table uploaded while a CUDA graph is
+captured comes from pinned memory kept alive with the plan, so that replays read it again.
 
 Triton is optional: importing this module without it raises a clear ImportError, and
-:class:`~attnopt.optim.MirrorDescent` only imports it when ``fused=True``.
+:class:`~attnopt.optim.MirrorDescent` only imports it for CUDA parameters (or ``fused=True``).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from attnopt.optim._math import TRITON_INTERPRETING, lq_scale, step_constants
+from torch.optim.optimizer import Optimizer
+
+from attnopt.optim._math import BIG, TRITON_INTERPRETING, lq_scale, step_constants
 
 try:
     import triton
@@ -42,7 +50,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without triton
         "MirrorDescent(fused=True) needs Triton: pip install 'attnopt[triton]' (CUDA only)"
     ) from exc
 
-__all__ = ["fused_mirror_descent", "FusedPlan", "prepare_step", "launch_step", "launch_nonfinite_check", "BLOCK"]
+__all__ = ["fused_mirror_descent", "FusedPlan", "plan_for", "prepare_step", "prepared", "launch_step",
+           "launch_nonfinite_check", "launch_finalize", "BLOCK"]
 
 #: Elements per program.
 BLOCK = 1024
@@ -84,20 +93,37 @@ def _int_power(a, N: tl.constexpr):
 @triton.jit
 def _md_kernel(
     block_tensor, block_start, numels,
-    w_ptrs, g_ptrs, t_ptrs, b_ptrs, s_ptrs, scalars,
+    w_ptrs, g_ptrs, t_ptrs, b_ptrs, s_ptrs, scalars, flag, lr_ptr,
     W_TY: tl.constexpr, G_TY: tl.constexpr, T_TY: tl.constexpr,
     KIND: tl.constexpr, N: tl.constexpr, OWN: tl.constexpr, HAS_SCALE: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, HAS_DECAY: tl.constexpr, PRECISE: tl.constexpr,
-    ALIGNED: tl.constexpr, BLOCK: tl.constexpr,
+    ALIGNED: tl.constexpr, HAS_FLAG: tl.constexpr, LR_TENSOR: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    if HAS_FLAG:
+        if tl.load(flag) != 0:  # the step's check found a NaN/inf gradient: write nothing
+            return
     pid = tl.program_id(0)
     # scalars arrive as float64 bit patterns so that float64 parameters keep full precision
-    alpha = tl.load(scalars + 0).to(tl.float64, bitcast=True).to(T_TY)
-    decay = tl.load(scalars + 1).to(tl.float64, bitcast=True).to(T_TY)
     e = tl.load(scalars + 2).to(tl.float64, bitcast=True).to(T_TY)
     mu = tl.load(scalars + 3).to(tl.float64, bitcast=True).to(T_TY)
     omax = tl.load(scalars + 4).to(tl.float64, bitcast=True).to(T_TY)
     dmax = tl.load(scalars + 5).to(tl.float64, bitcast=True).to(T_TY)
+    if LR_TENSOR:  # lr read on the device (capturable): alpha = ∓lr, decay = sign(c)|c|^(p-1), c = 1 - lr·wd
+        lr = tl.load(lr_ptr).to(tl.float64)
+        wd = tl.load(scalars + 6).to(tl.float64, bitcast=True)
+        pm1 = tl.load(scalars + 7).to(tl.float64, bitcast=True)
+        sign = tl.load(scalars + 8).to(tl.float64, bitcast=True)
+        alpha = (sign * lr).to(T_TY)
+        c = 1.0 - lr * wd
+        if PRECISE:
+            mag = _libdevice.pow(tl.abs(c), pm1)
+        else:
+            mag = tl.exp(tl.log(tl.abs(c)) * pm1)
+        decay = tl.where(c < 0, -mag, mag)
+        decay = tl.where(c == 0, 0.0, decay).to(T_TY)
+    else:
+        alpha = tl.load(scalars + 0).to(tl.float64, bitcast=True).to(T_TY)
+        decay = tl.load(scalars + 1).to(tl.float64, bitcast=True).to(T_TY)
     t = tl.load(block_tensor + pid)
     start = tl.multiple_of(tl.load(block_start + pid), BLOCK)
     n = tl.load(numels + t)
@@ -171,7 +197,7 @@ def _md_block(offs, mask, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu
 
 
 @triton.jit
-def _nonfinite_kernel(block_tensor, block_start, numels, g_ptrs, flag, G_TY: tl.constexpr,
+def _nonfinite_kernel(block_tensor, block_start, numels, g_ptrs, codes, flag, G_TY: tl.constexpr,
                       ALIGNED: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     t = tl.load(block_tensor + pid)
@@ -189,7 +215,23 @@ def _nonfinite_kernel(block_tensor, block_start, numels, g_ptrs, flag, G_TY: tl.
         g = g.to(tl.float32)  # exact; 16-bit arithmetic is not IEEE in Triton's interpreter
     d = g - g  # NaN exactly where g is NaN or ±inf
     if tl.max((d != d).to(tl.int32), axis=0) != 0:
-        tl.store(flag, 1)  # every writer writes the same value: no atomic needed
+        # the parameter's code, BIG - its index: the maximum names the first bad one
+        tl.atomic_max(flag, tl.load(codes + t).to(tl.int32))
+
+
+@triton.jit
+def _finalize_kernel(flag, rec, STICKY: tl.constexpr):
+    """One program: count the step in ``rec`` (see :class:`~attnopt.optim._nonfinite.DeviceRecord`)."""
+    f = tl.load(flag).to(tl.int64)
+    steps = tl.load(rec + 3) + 1
+    tl.store(rec + 3, steps)
+    if f != 0:
+        tl.store(rec, tl.load(rec) + 1)
+        if tl.load(rec + 1) == 0:
+            tl.store(rec + 1, f)
+            tl.store(rec + 2, steps)
+        if not STICKY:
+            tl.store(flag, 0)
 
 
 def _aligned(addresses: list[int]) -> bool:
@@ -219,77 +261,108 @@ def _block_tables(counts: tuple[int, ...]) -> tuple[list[int], list[int]]:
     return block_tensor, block_start
 
 
+def _upload(rows: list[int], device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """``rows`` as an int64 tensor on ``device``, and the host tensor it came from when that
+    must stay alive: under CUDA graph capture the copy is from pinned memory, which a replay
+    reads again."""
+    host = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        host = host.pin_memory()
+        return host.to(device, non_blocking=True), host
+    return host.to(device, non_blocking=True), None
+
+
 def check_fused_supported(params: list[Tensor]) -> None:
     """Raise a clear error unless the fused kernel can run on these parameters."""
     if not INTERPRETING and not torch.cuda.is_available():
         raise RuntimeError("MirrorDescent(fused=True) needs CUDA (the fused path is a Triton GPU kernel); "
-                           "use compiled=True on CPU")
+                           "on CPU it is a C kernel")
     for param in params:
         _check_batch(param.device, param.dtype)
 
 
 def _check_batch(device: torch.device, dtype: torch.dtype) -> None:
     if dtype not in _TL_DTYPES:
-        raise RuntimeError(f"MirrorDescent(fused=True) does not support {dtype} parameters")
+        raise TypeError(f"MirrorDescent(fused=True) does not support {dtype} parameters")
     if not INTERPRETING and device.type != "cuda":
         raise RuntimeError(f"MirrorDescent(fused=True) needs CUDA parameters, got one on {device}")
 
 
 class FusedPlan:
     """The step-invariant part of a fused step over one parameter list: the device/dtype
-    batches and, per batch, the sizes, block tables and addresses of w, θ and the momentum
-    buffers, uploaded to the device once.
+    batches and, per batch, the sizes, block tables, parameter indices and addresses of w, θ
+    and the momentum buffers, uploaded to the device once.
 
-    :class:`~attnopt.optim.MirrorDescent` keeps one per parameter group and rebuilds it when
-    a parameter or its θ was replaced; a step then only uploads the gradient addresses (and
-    the scalars), and not even those when they equal the last step's.
-    ``fused_mirror_descent`` without a plan builds a throw-away one.
+    :func:`plan_for` keeps one per parameter group (in the dict the caller passes each step)
+    and rebuilds it when a parameter or its θ was replaced; a step then only uploads the
+    gradient addresses (and the scalars), and not even those when they equal the last step's.
     """
 
-    __slots__ = ("ids", "momentum", "batches", "source", "step_tables")
+    __slots__ = ("identities", "momentum", "batches", "source", "step_tables", "keep", "index")
 
     def __init__(self, params: list[Tensor], grads: list[Tensor], duals: list[Tensor | None],
-                 momentum_buffers: list[Tensor | None], momentum: bool) -> None:
-        self.ids = tuple(map(id, params))
+                 momentum_buffers: list[Tensor | None], momentum: bool, ids: list[int] | None = None) -> None:
+        # ids: the parameters' global indices in the optimizer (named by the non-finite check)
+        self.identities = tuple(map(id, params))
         self.source = params  # the optimizer passes the same list object while nothing changed
-        # batch index -> (host rows, device table, its slices) of the last step: reused while the gradient
-        # addresses and the scalars repeat (the caching allocator usually hands the gradients
-        # the same blocks every step), which saves the per-step host-to-device copy
-        self.step_tables: dict[int, tuple[list[int], Tensor, tuple[Tensor, ...]]] = {}
+        # batch index -> (host rows, device table, its slices, pinned source) of the last step: reused
+        # while the gradient addresses and the scalars repeat (the caching allocator usually hands
+        # the gradients the same blocks every step), which saves the per-step host-to-device copy
+        self.step_tables: dict[int, tuple] = {}
         self.momentum = momentum
-        groups: dict[tuple, list[int]] = {}
-        for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
-            own = theta is None
-            groups.setdefault((param.device, param.dtype, param.dtype if own else theta.dtype, grad.dtype, own),
-                              []).append(i)
+        self.keep = []
+        ids = list(range(len(params))) if ids is None else ids
+        self.index = ids
+        thetas = [w if t is None else t for w, t in zip(params, duals)]
+        bufs = momentum_buffers if momentum else [None] * len(params)
+        grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, thetas, bufs, duals], with_indices=True)
         self.batches = []
-        for (device, pdtype, ddtype, gdtype, own), idx in groups.items():
-            _check_batch(device, pdtype)
-            ws = [params[i] for i in idx]
-            ts = ws if own else [duals[i] for i in idx]
-            bs = [momentum_buffers[i] for i in idx] if momentum else None
-            for x in ws + ts + (bs or []):
-                if not x.is_contiguous():
-                    raise RuntimeError("MirrorDescent(fused=True) needs contiguous parameters")
-            counts = [x.numel() for x in ws]
-            block_tensor, block_start = _block_tables(tuple(counts))
-            tp = [x.data_ptr() for x in ts]
-            addresses = [x.data_ptr() for x in ws] + tp
-            addresses += [x.data_ptr() for x in bs] if bs is not None else tp
-            tables = torch.tensor(block_tensor + block_start + counts + addresses, dtype=torch.int64, device=device)
-            nb, n = len(block_tensor), len(ws)
-            self.batches.append(((pdtype, ddtype, gdtype, own), idx, torch.split(tables, [nb, nb, n, n, n, n]),
-                                 device, _aligned(addresses)))
+        for (device, pdtype), ((ws, gs, ts, bs, ds), idx) in grouped.items():
+            kinds: dict[tuple, list[int]] = {}
+            for k, (t, g, d) in enumerate(zip(ts, gs, ds)):
+                kinds.setdefault((t.dtype, g.dtype, d is None), []).append(k)
+            for (ddtype, gdtype, own), ks in kinds.items():
+                self._add_batch(device, (pdtype, ddtype, gdtype, own), [idx[k] for k in ks], [ws[k] for k in ks],
+                                [ts[k] for k in ks], [bs[k] for k in ks] if momentum else None,
+                                [ids[idx[k]] for k in ks])
+
+    def _add_batch(self, device, dtypes, idx, ws, ts, bs, ids) -> None:
+        _check_batch(device, dtypes[0])
+        for x in ws + ts + (bs or []):
+            if not x.is_contiguous():
+                raise RuntimeError("MirrorDescent(fused=True) needs contiguous parameters")
+        counts = [x.numel() for x in ws]
+        block_tensor, block_start = _block_tables(tuple(counts))
+        tp = [x.data_ptr() for x in ts]
+        addresses = [x.data_ptr() for x in ws] + tp
+        addresses += [x.data_ptr() for x in bs] if bs is not None else tp
+        codes = [BIG - i for i in ids]  # the non-finite check's flag value per tensor
+        tables, host = _upload(block_tensor + block_start + counts + addresses + codes, device)
+        self.keep.append(host)
+        nb, n = len(block_tensor), len(ws)
+        self.batches.append((dtypes, idx, torch.split(tables, [nb, nb, n, n, n, n, n]), device, _aligned(addresses)))
 
     def matches(self, params: list[Tensor], momentum: bool) -> bool:
         if self.momentum != momentum:
             return False
         if params is self.source:
             return True
-        if self.ids == tuple(map(id, params)):
+        if self.identities == tuple(map(id, params)):
             self.source = params  # the same parameters in a new list: recognise it by identity next time
             return True
         return False
+
+
+def plan_for(cache: dict, params, grads, duals, momentum_buffers, momentum: bool, ids=None,
+             rebuild: bool = False) -> FusedPlan:
+    """The plan kept in ``cache`` (a dict the caller keeps per parameter group), rebuilt when
+    the parameters changed or ``rebuild`` says θ or a buffer was replaced."""
+    plan = cache.get("plan")
+    if (rebuild or plan is None or not plan.matches(params, momentum)
+            or (ids is not None and plan.index is not ids and plan.index != ids)):
+        plan = cache["plan"] = FusedPlan(params, grads, duals, momentum_buffers, momentum, ids)
+        cache.pop("prepared", None)
+    return plan
 
 
 class _Launch(NamedTuple):
@@ -297,6 +370,7 @@ class _Launch(NamedTuple):
 
     grid: int
     tables: tuple[Tensor, ...]  # block tensor, block start, numels, w, g, θ, buffer, scale addresses; scalars
+    codes: Tensor  # the batch's parameters' flag codes, BIG − index (for the non-finite check)
     consts: dict[str, Any]  # the kernel's constexpr arguments
     device: torch.device
     keep: tuple  # tensors whose addresses are in the tables (contiguous copies, scales): alive until launched
@@ -307,10 +381,14 @@ def prepare_step(plan: FusedPlan, grads: list[Tensor], *, lr, p, normalize, eps,
     """The launches of one step over ``plan``'s parameters with these gradients: per batch,
     the device table of gradient addresses (and normalisation scales) and scalars, uploaded
     only when it differs from the last step's.  ``grads_contiguous`` skips the contiguity
-    check when the caller has made it."""
-    e, kind, npow, decay, alpha = step_constants(lr, p, weight_decay, maximize)
+    check when the caller has made it.  A tensor ``lr`` on the parameters' device is read by
+    the kernel (nothing of it is uploaded, so the table is the same every step)."""
+    lr_tensor = isinstance(lr, Tensor)
+    e, kind, npow, decay, alpha = step_constants(0.0 if lr_tensor else lr, p, weight_decay, maximize)
+    if lr_tensor:
+        decay = 0.5 if weight_decay != 0.0 else 1.0  # computed by the kernel; only "≠ 1" matters here
     launches = []
-    for bi, (dtypes, idx, (bt, bst, nt, wp, tp, bp), device, aligned) in enumerate(plan.batches):
+    for bi, (dtypes, idx, (bt, bst, nt, wp, tp, bp, codes), device, aligned) in enumerate(plan.batches):
         pdtype, ddtype, gdtype, own = dtypes
         n, nb = nt.numel(), bt.numel()
         if nb == 0:
@@ -327,49 +405,78 @@ def prepare_step(plan: FusedPlan, grads: list[Tensor], *, lr, p, normalize, eps,
         if normalize:
             scales = [lq_scale(g, p, eps, ddtype) for g in gs]
             rows += map(Tensor.data_ptr, scales)
-        rows += map(_f64_bits, (alpha, decay, e, momentum, omax, dmax))
+        rows += map(_f64_bits, (0.0 if lr_tensor else alpha, 0.0 if lr_tensor else decay, e, momentum, omax, dmax,
+                                weight_decay, p - 1.0, 1.0 if maximize else -1.0))
         cached = plan.step_tables.get(bi)
         if cached is not None and cached[0] == rows:
             step = cached[2]
         else:
-            table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
+            table, host = _upload(rows, device)
+            if host is not None:  # captured in a CUDA graph, whose replays read both again: keep them
+                plan.keep.append((host, table))
             gp = table[:n]
-            step = (gp, table[n:2 * n] if normalize else gp, table[-6:], aligned and _aligned(rows[:n]))
+            step = (gp, table[n:2 * n] if normalize else gp, table[-9:], aligned and _aligned(rows[:n]))
             if not normalize:  # the scales are new tensors every step: nothing to reuse
-                plan.step_tables[bi] = (rows, table, step)
+                plan.step_tables[bi] = (rows, table, step, host)
         gp, sp, scalars, vector = step
+        lr_ptr = lr.detach().reshape(1) if lr_tensor else scalars
         consts = dict(W_TY=_TL_DTYPES[pdtype], G_TY=_TL_DTYPES[gdtype], T_TY=_TL_DTYPES[ddtype],
                       KIND=_KINDS[kind], N=npow, OWN=own, HAS_SCALE=normalize, HAS_MOMENTUM=momentum != 0.0,
-                      HAS_DECAY=decay != 1.0, PRECISE=not INTERPRETING, ALIGNED=vector, BLOCK=BLOCK)
-        launches.append(_Launch(nb, (bt, bst, nt, wp, gp, tp, bp, sp, scalars), consts, device, (gs, scales)))
+                      HAS_DECAY=decay != 1.0, PRECISE=not INTERPRETING, ALIGNED=vector, LR_TENSOR=lr_tensor,
+                      BLOCK=BLOCK)
+        launches.append(_Launch(nb, (bt, bst, nt, wp, gp, tp, bp, sp, scalars, lr_ptr), codes, consts, device,
+                                (gs, scales)))
     return launches
 
 
-def launch_step(launches: list[_Launch]) -> None:
-    """Run a prepared step (asynchronously, on the parameters' devices)."""
+def prepared(cache: dict, params, grads, duals, momentum_buffers, *, ids=None, rebuild=False,
+             grads_contiguous=False, **hyper) -> list[_Launch]:
+    """The step's launches for this parameter group, prepared once per step: the non-finite
+    check and the update share them (the same gradient list and hyper-parameters)."""
+    memo = cache.get("prepared")
+    key = tuple(sorted((k, id(v) if isinstance(v, Tensor) else v) for k, v in hyper.items()))
+    if not rebuild and memo is not None and memo[0] is grads and memo[1] == key:
+        return memo[2]
+    plan = plan_for(cache, params, grads, duals, momentum_buffers, hyper["momentum"] != 0.0, ids, rebuild)
+    launches = prepare_step(plan, grads, grads_contiguous=grads_contiguous, **hyper)
+    cache["prepared"] = (grads, key, launches)
+    return launches
+
+
+def launch_step(launches: list[_Launch], found_inf: Tensor | None = None) -> None:
+    """Run a prepared step (asynchronously, on the parameters' devices); a batch whose device
+    flag ``found_inf`` is set at run time writes nothing."""
     for launch in launches:
-        _md_kernel[(launch.grid,)](*launch.tables, **launch.consts, enable_fp_fusion=FP_FUSION)
+        flag = found_inf if found_inf is not None else launch.tables[8]
+        _md_kernel[(launch.grid,)](*launch.tables[:9], flag, launch.tables[9], **launch.consts,
+                                   HAS_FLAG=found_inf is not None, enable_fp_fusion=FP_FUSION)
 
 
-def launch_nonfinite_check(launches: list[_Launch], flags: dict[torch.device, Tensor]) -> None:
-    """Set ``flags[device]`` (a 1-element int32 tensor, left as is otherwise) to 1 if any
-    gradient of the prepared step is NaN or ±inf: one read of the gradients, no host
-    synchronisation.  Exact, so a raised flag always has a bad gradient behind it."""
+def launch_nonfinite_check(launches: list[_Launch], flag: Tensor) -> None:
+    """Raise ``flag`` (int32[1] on the launches' device, left as is otherwise) to ``BIG − i``
+    for the first parameter ``i`` whose gradient holds a NaN or ±inf: one read of the
+    gradients, no host synchronisation, exact."""
     for launch in launches:
         bt, bst, nt, _, gp = launch.tables[:5]
-        flag = flags.get(launch.device)
-        if flag is None:
-            flag = flags[launch.device] = torch.zeros(1, dtype=torch.int32, device=launch.device)
-        _nonfinite_kernel[(launch.grid,)](bt, bst, nt, gp, flag, G_TY=launch.consts["G_TY"],
+        _nonfinite_kernel[(launch.grid,)](bt, bst, nt, gp, launch.codes, flag, G_TY=launch.consts["G_TY"],
                                           ALIGNED=launch.consts["ALIGNED"], BLOCK=BLOCK,
                                           enable_fp_fusion=FP_FUSION)
 
 
-def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
-                         momentum, weight_decay, maximize, plan: FusedPlan | None = None) -> None:
+def launch_finalize(flag: Tensor, rec: Tensor, sticky: bool) -> None:
+    """The end-of-step bookkeeping of :class:`~attnopt.optim._nonfinite.DeviceRecord`, one program."""
+    _finalize_kernel[(1,)](flag, rec, STICKY=sticky)
+
+
+def fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps, momentum,
+                         weight_decay, maximize, found_inf: Tensor | None = None, fused_plan: dict | None = None,
+                         ids=None, rebuild: bool = False, grads_contiguous: bool = False) -> None:
+    """The fused step (same contract as the other paths of :func:`~attnopt.optim.mirror_descent`).
+    ``fused_plan``: a dict kept by the caller between steps, where the plan is reused."""
     if not INTERPRETING and not torch.cuda.is_available():
         check_fused_supported(params)
-    if plan is None:
-        plan = FusedPlan(params, grads, duals, momentum_buffers, momentum != 0.0)
-    launch_step(prepare_step(plan, grads, lr=lr, p=p, normalize=normalize, eps=eps, momentum=momentum,
-                             weight_decay=weight_decay, maximize=maximize))
+    cache = {} if fused_plan is None else fused_plan
+    launches = prepared(cache, params, grads, duals, momentum_buffers, ids=ids, rebuild=rebuild,
+                        grads_contiguous=grads_contiguous, lr=lr, p=p, normalize=normalize, eps=eps,
+                        momentum=momentum, weight_decay=weight_decay, maximize=maximize)
+    launch_step(launches, found_inf)

@@ -1,0 +1,157 @@
+r"""The eager paths of the ℓp mirror-descent step: single-tensor, foreach, and device-selected.
+
+All three implement, per parameter :math:`w` with gradient :math:`g`, dual :math:`\theta`
+and momentum buffer :math:`m` (see :class:`~attnopt.optim.MirrorDescent`):
+
+.. math::
+    d = g\,s,\quad m \leftarrow \mu m + d,\ d \leftarrow m,\quad
+    \theta \leftarrow \mathrm{decay}\cdot\theta + \alpha\, d,\quad
+    w \leftarrow \mathrm{sign}(\theta)|\theta|^{1/(p-1)}
+
+with ``s`` the normalisation scale (1 unless ``normalize``), ``alpha = ∓lr`` and ``decay`` the
+dual image of the decoupled weight decay (:func:`~attnopt.optim._math.step_scalars`).
+
+* :func:`single_tensor_mirror_descent` — in place, one tensor at a time (torch's CPU default).
+* :func:`multi_tensor_mirror_descent` — in place with ``torch._foreach_*`` over each
+  device/dtype batch (torch's accelerator default).
+* :func:`selected_mirror_descent` — computes the new θ, m and w out of place and keeps the old
+  values where ``found_inf`` is set: the step is skipped on the device without a host
+  synchronisation, and ``lr`` may be a tensor.  It is the path of ``capturable=True`` and of
+  ``torch.compile(opt.step)`` (where Inductor fuses each tensor's step into one loop).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.optimizer import Optimizer
+
+from attnopt.optim._math import int_power, inverse_map, inverse_map_into, lq_scale, step_constants, step_scalars
+
+__all__ = ["single_tensor_mirror_descent", "multi_tensor_mirror_descent", "selected_mirror_descent"]
+
+
+def single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
+                                 momentum, weight_decay, maximize) -> None:
+    """In-place step, one tensor at a time (``lr`` a float)."""
+    e, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)  # θ ← decay·θ + alpha·d
+    for param, grad, theta, buf in zip(params, grads, duals, momentum_buffers):
+        own = theta is None
+        if own:
+            theta = param
+        scale = lq_scale(grad, p, eps, theta.dtype) if normalize else None
+        if momentum != 0.0:
+            buf.mul_(momentum)
+            if scale is None:
+                buf.add_(grad)
+            else:
+                buf.addcmul_(grad, scale)
+            d, scale = buf, None
+        else:
+            d = grad
+        if decay != 1.0:
+            theta.mul_(decay)
+        if scale is None:
+            theta.add_(d, alpha=alpha)
+        else:
+            theta.addcmul_(d, scale, value=alpha)
+        if not own:
+            inverse_map_into(theta, e, param)
+
+
+def multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
+                                momentum, weight_decay, maximize) -> None:
+    """In-place step with ``torch._foreach_*`` ops over each device/dtype batch (``lr`` a float)."""
+    e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
+    thetas = [w if t is None else t for w, t in zip(params, duals)]
+    bufs = momentum_buffers if momentum != 0.0 else [None] * len(params)
+    for d_params, d_grads, d_thetas, d_bufs, own in _batches(params, grads, thetas, bufs, duals):
+        ddtype = d_thetas[0].dtype
+        scales = [lq_scale(g, p, eps, ddtype) for g in d_grads] if normalize else None
+        if momentum != 0.0:
+            torch._foreach_mul_(d_bufs, momentum)
+            if scales is None:
+                torch._foreach_add_(d_bufs, d_grads)
+            else:
+                torch._foreach_addcmul_(d_bufs, d_grads, scales)
+            direction, scales = d_bufs, None
+        else:
+            direction = d_grads
+        if decay != 1.0:
+            torch._foreach_mul_(d_thetas, decay)
+        if scales is None:
+            torch._foreach_add_(d_thetas, direction, alpha=alpha)
+        else:
+            torch._foreach_addcmul_(d_thetas, direction, scales, value=alpha)
+        if own:
+            continue
+        _foreach_inverse_map(d_thetas, d_params, e, kind, n)
+
+
+def _batches(params, grads, thetas, bufs, duals):
+    """``(params, grads, θ, buffers, own)`` per device and dtype (torch's grouping), split further
+    by θ's dtype and by whether the parameter is its own dual (one optimizer group has one of
+    each per parameter dtype; the functional API may mix them)."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, thetas, bufs, duals])
+    for (d_params, d_grads, d_thetas, d_bufs, d_duals), _ in grouped.values():
+        kinds: dict[tuple, list[int]] = {}
+        for i, (t, d) in enumerate(zip(d_thetas, d_duals)):
+            kinds.setdefault((t.dtype, d is None), []).append(i)
+        for (_, own), idx in kinds.items():
+            if len(idx) == len(d_params):
+                yield d_params, d_grads, d_thetas, d_bufs, own
+            else:
+                yield ([d_params[i] for i in idx], [d_grads[i] for i in idx], [d_thetas[i] for i in idx],
+                       [d_bufs[i] for i in idx], own)
+
+
+def _foreach_inverse_map(thetas: list[Tensor], out: list[Tensor], e: float, kind: str, n: int) -> None:
+    """``out ← sign(θ)·min(|θ|^e, max(out dtype))`` over a batch, by the exponent's cheap route."""
+    omax = float(torch.finfo(out[0].dtype).max)
+    mags = torch._foreach_abs(thetas)
+    if kind == "sqrt":
+        torch._foreach_sqrt_(mags)
+    elif kind == "square":
+        torch._foreach_mul_(mags, mags)
+    elif kind in ("int", "halfint"):
+        roots = torch._foreach_sqrt(mags) if kind == "halfint" else None
+        mags = [int_power(m, n) for m in mags]
+        if roots is not None:
+            torch._foreach_mul_(mags, roots)
+    elif kind != "identity":
+        torch._foreach_pow_(mags, e)
+    if e > 1.0 or omax < float(torch.finfo(thetas[0].dtype).max):
+        torch._foreach_clamp_max_(mags, omax)
+    torch._foreach_mul_(mags, torch._foreach_sign(thetas))
+    torch._foreach_copy_(out, mags)
+
+
+def selected_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps, momentum,
+                            weight_decay, maximize, found_inf: Tensor | None = None) -> None:
+    """The step computed out of place, then written where ``found_inf`` (a one-element device
+    tensor; nonzero = skip this step) is zero: no host synchronisation, ``lr`` a float or a
+    tensor.  θ is clamped to its dtype's finite range, as the fused kernels do."""
+    decay, alpha = step_scalars(lr, p, weight_decay, maximize)
+    e = 1.0 / (p - 1.0)
+    keep = None if found_inf is None else found_inf.reshape(()) != 0
+    for param, grad, dual, buf in zip(params, grads, duals, momentum_buffers):
+        theta = param if dual is None else dual
+        d = grad.to(theta.dtype)
+        if normalize:
+            d = d * lq_scale(grad, p, eps, theta.dtype)
+        if momentum != 0.0:
+            d = buf * momentum + d
+            _select_into(buf, d, keep)
+        new = theta * decay + d * alpha if not (isinstance(decay, float) and decay == 1.0) else theta + d * alpha
+        if dual is None:
+            _select_into(param, new, keep)
+            continue
+        dmax = float(torch.finfo(theta.dtype).max)
+        new = new.clamp(-dmax, dmax)
+        _select_into(theta, new, keep)
+        _select_into(param, inverse_map(new, e, param.dtype), keep)
+
+
+def _select_into(old: Tensor, new: Tensor, keep: Tensor | None) -> None:
+    """``old ← new``, or ``old ← old`` where ``keep`` (0-d bool) is set."""
+    old.copy_(new if keep is None else torch.where(keep, old, new))
