@@ -18,7 +18,7 @@ E2 is the fixed two-sample instance of the spec (n=2, T=3, d=2, z_i = x_{i1}).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 
@@ -100,24 +100,17 @@ def convergence_instance(
     return SyntheticData(X, Y, Z, v, W0, (int(seed),))
 
 
-def convergence_batch(
-    seeds: Sequence[int],
-    n: int = 6,
-    T: int = 8,
-    d: int = 10,
-    *,
-    query: Query = "random",
-    init: Init = "normal",
-    init_std: float = 1.0,
-    dtype: torch.dtype = torch.float64,
-) -> SyntheticData:
-    """E1 data of several seeds stacked along a leading seed dimension: ``X (S, n, T, d)``, ..."""
+def convergence_batch(seeds: Sequence[int], *args: Any, **kwargs: Any) -> SyntheticData:
+    """E1 data of several seeds stacked along a leading seed dimension: ``X (S, n, T, d)``, ...
+
+    The other arguments (``n, T, d``, ``query``, ``init``, ``init_std``, ``dtype``) are those
+    of :func:`convergence_instance`, which draws each seed."""
     seeds = tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct, got {seeds}")
-    parts = [convergence_instance(s, n, T, d, query=query, init=init, init_std=init_std, dtype=dtype) for s in seeds]
+    parts = [convergence_instance(s, *args, **kwargs) for s in seeds]
     stack = lambda name: torch.stack([getattr(p, name) for p in parts])  # noqa: E731
     return SyntheticData(stack("X"), stack("Y"), stack("Z"), stack("v"), stack("W0"), seeds)
 
