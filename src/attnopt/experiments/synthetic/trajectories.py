@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -33,8 +33,32 @@ def _train(cfg, data, p: float, progress: ProgressFn | None, label: str, train_v
                     train_v=train_v, normalize=cfg.normalize, eps=cfg.eps, step=cfg.step, progress=cb)
 
 
+def _per_p(cfg, data, progress: ProgressFn | None, label: str, run_one: Callable, train_v: bool = False) -> dict:
+    """The loop of E1-path and E2: for every p of ``cfg.ps``, train (:func:`_train`), take the
+    tokens α the final W selects (argmax of the final scores), then ``run_one(p, traj, α, cache)``
+    with one SVM cache for all p.  Returns ``{p: run_one(...)}``."""
+    cache = SVMCache(cfg.solver, cfg.tol)
+    runs = {}
+    for p in cfg.ps:
+        tr = _train(cfg, data, p, progress, label, train_v=train_v)
+        runs[p] = run_one(p, tr, selected_tokens(data.X, tr.final_W, data.Z), cache)
+    return runs
+
+
 def _curves(runs: Mapping[float, Any], attr: str) -> dict:
     return {f"p = {p:g}": (r.traj.iters, getattr(r.traj, attr).numpy()) for p, r in runs.items()}
+
+
+@dataclass
+class _Result:
+    """What E1-path and E2 return: the config, one run per p, the summary, the wall time (s)
+    and the run folder (None: nothing written)."""
+
+    config: Any
+    runs: dict
+    summary: dict
+    seconds: float
+    out: Path | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -54,13 +78,8 @@ class PathRun:
     verdict: str
 
 
-@dataclass
-class PathResult:
-    config: PathConfig
-    runs: dict[float, PathRun]
-    summary: dict
-    seconds: float
-    out: Path | None = None
+class PathResult(_Result):
+    """E1-path: ``config`` a :class:`PathConfig`, ``runs`` p → :class:`PathRun`."""
 
 
 def run_path(config: PathConfig | Mapping | None = None, *, out: str | Path | None = None,
@@ -73,17 +92,16 @@ def run_path(config: PathConfig | Mapping | None = None, *, out: str | Path | No
 def _path(cfg: PathConfig, progress: ProgressFn | None) -> PathResult:
     t0 = time.perf_counter()
     data = convergence_instance(cfg.seed, cfg.n, cfg.T, cfg.d, query=cfg.query, init=cfg.init, init_std=cfg.init_std)
-    cache = SVMCache(cfg.solver, cfg.tol)
     (r1, c1), (r2, c2) = cfg.entries
-    runs = {}
-    for p in cfg.ps:
-        tr = _train(cfg, data, p, progress, "path")
-        alpha = selected_tokens(data.X, tr.final_W, data.Z)
+
+    def one(p: float, tr: Trajectory, alpha, cache: SVMCache) -> PathRun:
         o, verdict = cache.verdict(cfg.seed, data.X, data.Y, data.Z, data.v, alpha, p)
         rays, D = ray(o, tr.W, p, dim=(-2, -1))
         W = tr.W.numpy()
-        runs[p] = PathRun(p, cfg.iterations_for(p), tr, alpha, o, np.stack([W[:, r1, c1], W[:, r2, c2]], axis=-1),
-                          np.stack([rays[:, r1, c1], rays[:, r2, c2]], axis=-1), D, verdict)
+        return PathRun(p, cfg.iterations_for(p), tr, alpha, o, np.stack([W[:, r1, c1], W[:, r2, c2]], axis=-1),
+                       np.stack([rays[:, r1, c1], rays[:, r2, c2]], axis=-1), D, verdict)
+
+    runs = _per_p(cfg, data, progress, "path", one)
     res = PathResult(cfg, runs, {}, time.perf_counter() - t0)
     res.summary = {"experiment": "e1-path", "seed": cfg.seed, "entries": cfg.entries, "seconds": res.seconds,
                    "per_p": {f"{p:g}": {"iterations": r.iterations, "alpha": r.alpha.tolist(), "svm_status": r.svm.status,
@@ -161,13 +179,8 @@ class JointRun:
         return None if self.expected is None else tuple(self.alpha) == tuple(self.expected)
 
 
-@dataclass
-class JointResult:
-    config: JointConfig
-    runs: dict[float, JointRun]
-    summary: dict
-    seconds: float
-    out: Path | None = None
+class JointResult(_Result):
+    """E2: ``config`` a :class:`JointConfig`, ``runs`` p → :class:`JointRun`."""
 
 
 def _first_reach(iters: np.ndarray, vals: np.ndarray, level: float) -> int | None:
@@ -185,19 +198,18 @@ def run_joint(config: JointConfig | Mapping | None = None, *, out: str | Path | 
 def _joint(cfg: JointConfig, progress: ProgressFn | None) -> JointResult:
     t0 = time.perf_counter()
     data = joint_instance()
-    cache = SVMCache(cfg.solver, cfg.tol)
-    runs = {}
-    for p in cfg.ps:
-        tr = _train(cfg, data, p, progress, "joint", train_v=True)
-        alpha = selected_tokens(data.X, tr.final_W, data.Z)
+
+    def one(p: float, tr: Trajectory, alpha, cache: SVMCache) -> JointRun:
         ao, verdict = cache.verdict(("e2", p), data.X, data.Y, data.Z, tr.final_v, alpha, p)
         do = cache.decoder("e2", data.X, data.Y, alpha, p)
         w_ray, dW = ray(ao, tr.W, p, dim=(-2, -1))
         v_ray, dv = ray(do, tr.v, p, dim=-1)
-        runs[p] = JointRun(p, cfg.iterations_for(p), tr, tuple(int(a) for a in alpha), cfg.expected_for(p), ao, do,
-                           tr.W[:, 0, :2].numpy(), w_ray[:, 0, :2], tr.v.numpy(), v_ray, dW, dv, verdict,
-                           _first_reach(tr.iters, tr.max_softmax.numpy(), 0.99),
-                           _first_reach(tr.iters, tr.logistic_prob.numpy(), 0.99))
+        return JointRun(p, cfg.iterations_for(p), tr, tuple(int(a) for a in alpha), cfg.expected_for(p), ao, do,
+                        tr.W[:, 0, :2].numpy(), w_ray[:, 0, :2], tr.v.numpy(), v_ray, dW, dv, verdict,
+                        _first_reach(tr.iters, tr.max_softmax.numpy(), 0.99),
+                        _first_reach(tr.iters, tr.logistic_prob.numpy(), 0.99))
+
+    runs = _per_p(cfg, data, progress, "joint", one, train_v=True)
     res = JointResult(cfg, runs, {}, time.perf_counter() - t0)
     res.summary = {
         "experiment": "e2-joint", "seconds": res.seconds,
