@@ -23,6 +23,8 @@ from attnopt.experiments.imdb.engine import evaluate
 from attnopt.experiments.imdb.execution import resolve_device
 from attnopt.experiments.imdb.runs import load_model
 from attnopt.models.encoder import EncoderClassifier
+from attnopt.models.sparsity import abs_stats
+from attnopt.models.sparsity import magnitude_prune_ as prune_
 from attnopt.report.runs import as_run_dir
 from attnopt.report.tables import markdown_table, pct
 from attnopt.runtime import ProgressFn, report
@@ -88,15 +90,8 @@ def hoyer_sparsity(w: torch.Tensor) -> float:
 def weight_stats(model: EncoderClassifier, threshold: float = PAPER_THRESHOLD,
                  near_zero: float = 1e-3) -> dict[str, dict]:
     """Per matrix type: entries, count above ``threshold``, fraction near zero, max |w|, Hoyer."""
-    out = {}
-    for t, w in pooled_weights(model).items():
-        a = w.abs()
-        out[t] = {
-            "entries": int(a.numel()), "above_threshold": int((a > threshold).sum()), "threshold": threshold,
-            "frac_near_zero": float((a < near_zero).double().mean()), "near_zero": near_zero,
-            "max_abs": float(a.max()), "mean_abs": float(a.double().mean()), "hoyer": hoyer_sparsity(w),
-        }
-    return out
+    return {t: {**abs_stats(w, threshold, near_zero), "hoyer": hoyer_sparsity(w)}
+            for t, w in pooled_weights(model).items()}
 
 
 def _prunable(model: EncoderClassifier) -> list[tuple[torch.Tensor, slice | None]]:
@@ -110,20 +105,10 @@ def _prunable(model: EncoderClassifier) -> list[tuple[torch.Tensor, slice | None
     return items
 
 
-@torch.no_grad()
 def magnitude_prune_(model: EncoderClassifier, fraction: float) -> None:
-    """Zero the ``fraction`` smallest-|w| entries of each block weight matrix, in place."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"pruning fraction must be in [0, 1), got {fraction}")
-    if fraction == 0.0:
-        return
-    for w, rows in _prunable(model):
-        view = w if rows is None else w[rows]
-        k = int(round(fraction * view.numel()))
-        if k == 0:
-            continue
-        cut = view.abs().flatten().kthvalue(k).values
-        view.masked_fill_(view.abs() <= cut, 0.0)
+    """Zero the ``fraction`` smallest-|w| entries of each block weight matrix (Q, K, V rows of
+    the fused qkv weight separately), in place (:func:`attnopt.models.sparsity.magnitude_prune_`)."""
+    prune_((w if rows is None else w[rows] for w, rows in _prunable(model)), fraction)
 
 
 def pruning_curve(model: EncoderClassifier, split: DeviceSplit, levels: Sequence[float] = PRUNE_LEVELS,

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from attnopt.models.sparsity import abs_stats
+from attnopt.models.sparsity import magnitude_prune_ as prune_
 from attnopt.models.vit import EnsembleViT
 
 MATRIX_TYPES = ("Q", "K", "V", "O", "MLP")
@@ -32,31 +34,15 @@ def weight_stats(model: EnsembleViT, k: int, threshold: float, near_zero: float)
     """Per matrix type of member k: entries, above_threshold, frac_near_zero, max_abs, mean_abs, hist."""
     out = {}
     for t, w in _pooled(model, k).items():
-        a = w.abs()
-        counts, _ = np.histogram(np.clip(a.numpy(), 0.0, HIST_EDGES[-1]), bins=HIST_EDGES)
-        out[t] = {
-            "entries": int(a.numel()), "above_threshold": int((a > threshold).sum()), "threshold": threshold,
-            "frac_near_zero": float((a < near_zero).double().mean()), "near_zero": near_zero,
-            "max_abs": float(a.max()), "mean_abs": float(a.mean()), "hist": counts.tolist(),
-        }
+        counts, _ = np.histogram(np.clip(w.abs().numpy(), 0.0, HIST_EDGES[-1]), bins=HIST_EDGES)
+        out[t] = {**abs_stats(w, threshold, near_zero), "hist": counts.tolist()}
     return out
 
 
-@torch.no_grad()
 def magnitude_prune_(model: EnsembleViT, fraction: float) -> None:
-    """Zero, per member, the ``fraction`` smallest-|w| entries of every block matrix, in place."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"pruning fraction must be in [0, 1), got {fraction}")
-    if fraction == 0.0:
-        return
-    for mats in model.attention_matrices().values():
-        for w in mats:
-            flat = w.reshape(w.shape[0], -1)
-            n = int(round(fraction * flat.shape[1]))
-            if n == 0:
-                continue
-            cut = flat.abs().kthvalue(n, dim=1, keepdim=True).values
-            flat.masked_fill_(flat.abs() <= cut, 0.0)
+    """Zero, per member, the ``fraction`` smallest-|w| entries of every block matrix, in place
+    (:func:`attnopt.models.sparsity.magnitude_prune_` with the member axis as the group)."""
+    prune_((w for mats in model.attention_matrices().values() for w in mats), fraction, groups=1)
 
 
 def pruning_curves(model: EnsembleViT, evaluate_acc, levels: Sequence[float]) -> list[list[float]]:
