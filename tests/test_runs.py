@@ -138,3 +138,29 @@ def test_guard_turns_user_errors_and_ctrl_c_into_one_line(tmp_path, capsys):
             1 / 0
     assert fail("x", 3).exit_code == 3 and capsys.readouterr().err == "error: x\n"
 
+
+
+def test_demo_twice_never_mixes_two_runs(tmp_path, monkeypatch):  # issue 19 row 4
+    from typer.testing import CliRunner
+
+    import attnopt.experiments.synthetic.demo as demo_mod
+    from attnopt.cli import app
+
+    runner, out = CliRunner(), tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--iters", "1.75=40,3=60", "--no-progress"]
+    assert runner.invoke(app, [*args, "--n-seeds", "2"]).exit_code == 0
+    first = json.loads((out / "summary.json").read_text())
+    res = runner.invoke(app, [*args, "--n-seeds", "3"])  # another configuration: refused, nothing touched
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and "--overwrite" in res.stderr
+    assert json.loads((out / "summary.json").read_text()) == first
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_mod, "run_path", interrupted)  # Ctrl-C after e1/
+    res = runner.invoke(app, [*args, "--n-seeds", "3", "--overwrite"])
+    assert res.exit_code == 130 and "not marked complete" in res.stderr
+    assert json.loads((out / "config.json").read_text())["config"]["n_seeds"] == 3
+    assert json.loads((out / "e1" / "config.json").read_text())["config"]["n_seeds"] == 3
+    assert not (out / "path" / "summary.json").exists() and not (out / "e2" / "summary.json").exists()
+    assert not is_complete(out) and not (out / "summary.json").exists()
