@@ -122,12 +122,12 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter],
     """The configured optimiser: plain ℓp mirror descent (no momentum / decay / schedule) or a baseline.
 
     For MD, ``md_impl`` picks the implementation of :class:`attnopt.optim.MirrorDescent`
-    (``auto``: the fused kernel where :func:`attnopt.optim.fused_available` says it runs, else
-    the optimiser's own default) and ``md_nonfinite`` its NaN-gradient check (``auto``:
-    ``raise`` on CPU; ``ignore`` on GPU, where the check would cost a host synchronisation per
-    step — the training loop's loss check then stops the run).
+    (``auto``: the optimiser's own default, the fastest path that runs on the device) and
+    ``md_nonfinite`` its NaN-gradient check (``auto``: ``raise`` on CPU; ``ignore`` on GPU,
+    where the training loop's loss check stops the run — the fused CUDA check no longer
+    synchronises the host, but its deferred raise has not been run on a GPU inside this loop).
     """
-    from attnopt.optim import MirrorDescent, fused_available
+    from attnopt.optim import MirrorDescent
 
     lr = cfg.resolved_lr()
     wd = cfg.resolved_weight_decay()
@@ -137,8 +137,6 @@ def make_optimizer(cfg: TrainConfig, params: Iterable[torch.nn.Parameter],
     if cfg.optimizer == "md":
         impl = {"auto": {}, "single": {"foreach": False}, "foreach": {"foreach": True},
                 "compiled": {"compiled": True}, "fused": {"fused": True}}[cfg.md_impl]
-        if cfg.md_impl == "auto" and fused_available(device):
-            impl = {"fused": True}
         nonfinite = cfg.md_nonfinite if cfg.md_nonfinite != "auto" else ("ignore" if on_gpu else "raise")
         return MirrorDescent(params, lr=lr, p=cfg.p, normalize=cfg.md_normalize, weight_decay=wd,
                              nonfinite=nonfinite, **impl)
