@@ -107,6 +107,8 @@ def test_missing_or_malformed_cifar_is_one_error_line(tmp_path):
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert res.exit_code == 2 and len(lines) == 1 and needle in lines[0], res.stderr
         assert not (out / "summary.json").exists()
+        if "labels" not in needle:  # a missing data folder is found before any run folder is made
+            assert not out.exists()
 
 
 def test_compare_of_a_non_run_is_one_error_line(tmp_path):

@@ -108,6 +108,12 @@ def train(
             seeds=all_seeds or (0,), ensemble=ensemble, device=device, precision=precision, threads=threads,
             eval_batch_size=eval_batch_size, threshold=threshold, near_zero=near_zero,
             prune_levels=tuple(parse_floats(prune_levels, "--prune-levels"))))
+        if cfg.dataset == "cifar10":  # a missing data folder is reported before a run folder is made
+            from attnopt.data.vision import DataError, cifar10_folder
+
+            if cfg.data_dir is None:
+                raise DataError("--dataset cifar10 needs --data: the folder of the CIFAR-10 python batches")
+            cifar10_folder(cfg.data_dir)
     rd = open_out(out, "vision-train", cfg, overwrite=overwrite, resumable=True)
     with guard(rd.path, resumable=True), progress_bars(progress) as cb:
         res = run_vision(cfg, out=rd, progress=cb)
