@@ -61,7 +61,8 @@ def test_train_options_reach_the_config(captured, tmp_path):
 
 
 def test_defaults_are_the_authors_setting(captured, tmp_path):
-    res = runner.invoke(cli.app, ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    data = write_cifar(tmp_path / "cifar")  # the folder is checked before the run folder is made
+    res = runner.invoke(cli.app, ["train", "--data", str(data), "--out", str(tmp_path / "r")])
     assert isinstance(res.exception, _Called), res.output
     cfg = captured["cfg"]
     m = cfg.model_config()
