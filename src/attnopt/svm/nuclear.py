@@ -73,11 +73,12 @@ def _inv_factor(X: np.ndarray) -> np.ndarray:
     return sla.solve_triangular(L, np.eye(len(X)), lower=True, check_finite=False)
 
 
-def _max_step(Li: np.ndarray, dX: np.ndarray) -> float:
-    """The largest α ≤ 1 with X + α dX ⪰ 0, from the smallest eigenvalue λ of L⁻¹ dX L⁻ᵀ
-    (``Li`` = L⁻¹ of X = L Lᵀ)."""
-    lam = float(np.linalg.eigvalsh(Li @ dX @ Li.T)[0])
-    return 1.0 if lam >= 0 else min(1.0, -1.0 / lam)
+def _max_steps(LXi: np.ndarray, dX: np.ndarray, LSi: np.ndarray, dS: np.ndarray) -> tuple[float, float]:
+    """The largest α ≤ 1 with X + α dX ⪰ 0, and the same for S + α dS, from the smallest
+    eigenvalue λ of L⁻¹ dX L⁻ᵀ (``LXi`` = L⁻¹ of X = L Lᵀ): α = min(1, −1/λ) when λ < 0.  Both
+    in one batched eigvalsh call (the per-call overhead is most of its cost at 2d = 32)."""
+    lam = np.linalg.eigvalsh(np.stack((LXi @ dX @ LXi.T, LSi @ dS @ LSi.T)))[:, 0]
+    return tuple(1.0 if v >= 0 else min(1.0, -1.0 / v) for v in lam.tolist())
 
 
 def _ratio(x: np.ndarray, dx: np.ndarray) -> float:
@@ -85,14 +86,71 @@ def _ratio(x: np.ndarray, dx: np.ndarray) -> float:
     return min(1.0, float(np.min(-x[neg] / dx[neg]))) if np.any(neg) else 1.0
 
 
+_BLAS = []  # the cached threadpoolctl controller ([] until first use, [None] without threadpoolctl)
+
+
 def _one_blas_thread():
     """OpenBLAS threads make these small products slower, and much slower on a loaded machine
-    (163 ms against about 5 s at d = 16 with the default threads, load average 7)."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scipy's usual installs
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
+    (163 ms against about 5 s at d = 16 with the default threads, load average 7).  The
+    controller is built once: ``threadpool_limits`` rescans the loaded libraries on every call
+    (about 0.8 ms, 4 % of a d = 16 solve), a cached controller's ``limit`` does not."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS.append(ThreadpoolController())
+        except ImportError:  # pragma: no cover - threadpoolctl comes with scipy's usual installs
+            _BLAS.append(None)
+    return contextlib.nullcontext() if _BLAS[0] is None else _BLAS[0].limit(limits=1)
+
+
+class _Schur:
+    r"""Builds :math:`M_{kl} = \operatorname{tr}(B_k X B_l S^{-1})` into one reused m × m buffer.
+
+    With :math:`B_k = a_k b_k^\top + b_k a_k^\top`, :math:`a_k = (D_k, 0)`, :math:`b_k = (0, z_{i_k})`:
+
+    .. math::
+       M = (D X_{11} D^\top) \circ (Z_r S^{-1}_{22} Z_r^\top) + (Z_r X_{22} Z_r^\top) \circ (D S^{-1}_{11} D^\top)
+           + C + C^\top,\qquad C = (D X_{12} Z_r^\top)^\top \circ (D S^{-1}_{12} Z_r^\top).
+
+    The queries repeat per sample (:math:`Z_r = E Z`, E the m × n selector), so the Z-side
+    factors are n × n or m × n.  When every sample has the same number c of constraints (the
+    default, no ``neighbors``; rows are sorted) M is viewed as (n, c, n, c) and those factors
+    enter by broadcasting, with no m × m gather; otherwise they are gathered by ``rows``.
+    """
+
+    def __init__(self, D: np.ndarray, Z: np.ndarray, rows: np.ndarray):
+        self.D, self.Z, self.rows = D, Z, rows
+        m, n = len(rows), len(Z)
+        counts = np.bincount(rows, minlength=n)
+        self.c = int(counts[0]) if m and np.all(counts == counts[0]) and np.all(np.diff(rows) >= 0) else 0
+        self.M = np.empty((m, m))
+        self.T = np.empty((m, m))
+
+    def __call__(self, X: np.ndarray, Si: np.ndarray, diag: np.ndarray) -> np.ndarray:
+        D, Z, M, T, d = self.D, self.Z, self.M, self.T, self.D.shape[1]
+        m, n, c = len(D), len(Z), self.c
+        np.matmul(D @ X[:d, :d], D.T, out=T)  # D X₁₁ Dᵀ
+        P = Z @ Si[d:, d:] @ Z.T  # (n, n)
+        Q, R = D @ X[:d, d:] @ Z.T, D @ Si[:d, d:] @ Z.T  # (m, n)
+        if c:
+            T4, M4 = T.reshape(n, c, n, c), M.reshape(n, c, n, c)
+            np.multiply(T4, P[:, None, :, None], out=M4)
+            np.matmul(D @ Si[:d, :d], D.T, out=T)  # D S⁻¹₁₁ Dᵀ
+            T4 *= (Z @ X[d:, d:] @ Z.T)[:, None, :, None]
+            M += T
+            # C[(a,b),(e,f)] = Q[(e,f), a] · R[(a,b), e]
+            np.multiply(Q.T.reshape(n, 1, n, c), R.reshape(n, c, n, 1), out=T4)
+        else:
+            rows = self.rows
+            np.multiply(T, P[rows][:, rows], out=M)
+            np.matmul(D @ Si[:d, :d], D.T, out=T)
+            T *= (Z @ X[d:, d:] @ Z.T)[rows][:, rows]
+            M += T
+            np.multiply(Q[:, rows].T, R[:, rows], out=T)
+        M += T
+        M += T.T
+        M[np.diag_indices(m)] += diag
+        return M
 
 
 def solve_nuclear(prob: Problem, *, tol: float = 1e-6, viol_tol: float = 1e-7, max_iter: int | None = None,
@@ -112,6 +170,7 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
     X, x = np.eye(2 * d), np.ones(m)
     S, s = np.eye(2 * d), np.ones(m)
     y = np.zeros(m)
+    schur = _Schur(D, Z, rows)
     max_iter = 100 if max_iter is None else int(max_iter)
     best = None
     status, it = "max_iter", 0
@@ -132,15 +191,9 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
         Rd = np.eye(2 * d) - AT_sdp(y) - S
         rd = y - s
         mu = (np.sum(X * S) + x @ s) / nu
-        # Schur complement M_kl = tr(B_k X B_l S⁻¹) + δ_kl x_k / s_k
-        # the queries repeat per sample: the Z-side products are n × n (or m × n), then indexed
-        XAA, XBB, XAB = D @ X[:d, :d] @ D.T, (Z @ X[d:, d:] @ Z.T)[rows][:, rows], (D @ X[:d, d:] @ Z.T)[:, rows]
-        SAA, SBB, SAB = D @ Si[:d, :d] @ D.T, (Z @ Si[d:, d:] @ Z.T)[rows][:, rows], (D @ Si[:d, d:] @ Z.T)[:, rows]
-        C = XAB.T * SAB  # the first and last of the four terms are transposes of each other
-        M = C + C.T + XBB * SAA + XAA * SBB
-        M[np.diag_indices(m)] += x / s
+        M = schur(X, Si, x / s)  # + δ_kl x_k / s_k
         try:
-            cho = sla.cho_factor(M, check_finite=False)
+            cho = sla.cho_factor(M, check_finite=False, overwrite_a=True)
         except np.linalg.LinAlgError:
             status = "inaccurate"
             break
@@ -157,14 +210,14 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
 
         # predictor (σ = 0), then Mehrotra's corrector with σ = (μ_aff/μ)³
         dX, dx, dy, dS, ds = direction(-X, -x)
-        ap = min(_max_step(LXi, dX), _ratio(x, dx))
-        ad = min(_max_step(LSi, dS), _ratio(s, ds))
+        aX, aS = _max_steps(LXi, dX, LSi, dS)
+        ap, ad = min(aX, _ratio(x, dx)), min(aS, _ratio(s, ds))
         mu_aff = (np.sum((X + ap * dX) * (S + ad * dS)) + (x + ap * dx) @ (s + ad * ds)) / nu
         sigma = min(1.0, (mu_aff / mu) ** 3)
         C = dX @ dS @ Si
         dX, dx, dy, dS, ds = direction(sigma * mu * Si - X - 0.5 * (C + C.T), sigma * mu / s - x - dx * ds / s)
-        ap = STEP_FRACTION * min(_max_step(LXi, dX), _ratio(x, dx))
-        ad = STEP_FRACTION * min(_max_step(LSi, dS), _ratio(s, ds))
+        aX, aS = _max_steps(LXi, dX, LSi, dS)
+        ap, ad = STEP_FRACTION * min(aX, _ratio(x, dx)), STEP_FRACTION * min(aS, _ratio(s, ds))
         X, x = X + ap * dX, x + ap * dx
         y, S, s = y + ad * dy, S + ad * dS, s + ad * ds
         X, S = 0.5 * (X + X.T), 0.5 * (S + S.T)
