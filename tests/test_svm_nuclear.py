@@ -87,7 +87,7 @@ def _dense_schur(D, Z, rows, X, Si):
 
 @pytest.mark.parametrize("counts", [[3, 3, 3, 3], [3, 1, 4, 2]])
 def test_schur_complement_matches_its_definition(counts):
-    """Both ways of building M (broadcast over equal per-sample counts, gather otherwise)."""
+    """Both ways of expanding the per-sample factors (equal counts: a scalar repeat; uneven: per-sample counts)."""
     from attnopt.svm.nuclear import _Schur
 
     rng = np.random.default_rng(7)
@@ -97,7 +97,7 @@ def test_schur_complement_matches_its_definition(counts):
     G, H = rng.normal(size=(2 * d, 2 * d)), rng.normal(size=(2 * d, 2 * d))
     X, Si = G @ G.T + np.eye(2 * d), H @ H.T + np.eye(2 * d)
     schur = _Schur(D, Z, rows)
-    assert bool(schur.c) == (len(set(counts)) == 1)
+    assert isinstance(schur.rep, int) == (len(set(counts)) == 1)
     diag = rng.uniform(size=len(rows))
     M = schur(X, Si, diag)
     np.testing.assert_allclose(M, _dense_schur(D, Z, rows, X, Si) + np.diag(diag), rtol=1e-12, atol=1e-12)
