@@ -166,9 +166,11 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
     D, Z, rows = prob.D, prob.Z, prob.rows
     Zr = Z[rows]  # (m, d): the query of each constraint
     nu = 2 * d + m  # barrier parameter of the cone
-    # the data are at unit scale (att_problem), so the identity is a central enough start
-    X, x = np.eye(2 * d), np.ones(m)
-    S, s = np.eye(2 * d), np.ones(m)
+    # the data are at unit scale (att_problem), so multiples of the identity are central enough
+    # starts (μ = 1); X₀ = I/2, S₀ = 2I took 189 IPM iterations over 15 random instances
+    # (n ≤ 50, d ≤ 64) against 197 for X₀ = S₀ = I, and 244 against 248 over 20 others
+    X, x = 0.5 * np.eye(2 * d), np.full(m, 0.5)
+    S, s = 2.0 * np.eye(2 * d), np.full(m, 2.0)
     y = np.zeros(m)
     schur = _Schur(D, Z, rows)
     max_iter = 100 if max_iter is None else int(max_iter)
@@ -198,10 +200,12 @@ def _solve(prob: Problem, tol: float, viol_tol: float, max_iter: int | None, tim
             status = "inaccurate"
             break
 
+        G = X @ Rd @ Si
+        h0 = rp + A_op(0.5 * (G + G.T), x * rd / s)  # the part of the right-hand side both directions share
+
         def direction(Rc, rc):
             """HKM direction for the complementarity right-hand sides (Rc for X, rc for x)."""
-            G = X @ Rd @ Si
-            h = rp - A_op(Rc, rc) + A_op(0.5 * (G + G.T), x * rd / s)
+            h = h0 - A_op(Rc, rc)
             dy = sla.cho_solve(cho, h, check_finite=False)
             dS = Rd - AT_sdp(dy)
             ds = rd + dy
