@@ -17,7 +17,7 @@ the m × m Schur system :math:`M\Delta y = h`, :math:`M_{kl} = \operatorname{tr}
 (+ x_k/y_k on the diagonal).  :math:`B_k = a_k b_k^\top + b_k a_k^\top` with
 :math:`a_k = (D_k, 0)`, :math:`b_k = (0, z_k)`, so M is four Hadamard products of m × m
 matrices such as :math:`D X_{11} D^\top` and :math:`Z_r X_{22} Z_r^\top` — O(m d² + m² d + m³) per
-step, about 25 steps.
+step, 11–15 steps on the benchmark instances (n = 30, T = 8, d = 16–64).
 
 Certificate (recomputed from scratch every step, in float64): W = 2 X₁₂ rescaled to
 W / min_k⟨W, A_k⟩ is feasible, so ‖W‖_* bounds the optimum from above; any y ≥ 0 gives the lower
