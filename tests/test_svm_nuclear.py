@@ -71,3 +71,44 @@ def test_budget_is_reported():
     assert res.status == "max_iter" or not res.converged
     with pytest.raises(ValueError, match="time_limit"):
         att_svm_nuclear(X, Z, alpha, time_limit=-1)
+
+
+def _dense_schur(D, Z, rows, X, Si):
+    """M_kl = tr(B_k X B_l S⁻¹) from the 2d × 2d matrices B_k themselves (the definition)."""
+    d = D.shape[1]
+    B = []
+    for k in range(len(rows)):
+        A = np.outer(D[k], Z[rows[k]])
+        Bk = np.zeros((2 * d, 2 * d))
+        Bk[:d, d:], Bk[d:, :d] = A, A.T
+        B.append(Bk)
+    return np.array([[np.trace(Bk @ X @ Bl @ Si) for Bl in B] for Bk in B])
+
+
+@pytest.mark.parametrize("counts", [[3, 3, 3, 3], [3, 1, 4, 2]])
+def test_schur_complement_matches_its_definition(counts):
+    """Both ways of expanding the per-sample factors (equal counts: a scalar repeat; uneven: per-sample counts)."""
+    from attnopt.svm.nuclear import _Schur
+
+    rng = np.random.default_rng(7)
+    n, d = len(counts), 3
+    rows = np.repeat(np.arange(n), counts)
+    D, Z = rng.normal(size=(len(rows), d)), rng.normal(size=(n, d))
+    G, H = rng.normal(size=(2 * d, 2 * d)), rng.normal(size=(2 * d, 2 * d))
+    X, Si = G @ G.T + np.eye(2 * d), H @ H.T + np.eye(2 * d)
+    schur = _Schur(D, Z, rows)
+    assert isinstance(schur.rep, int) == (len(set(counts)) == 1)
+    diag = rng.uniform(size=len(rows))
+    M = schur(X, Si, diag)
+    np.testing.assert_allclose(M, _dense_schur(D, Z, rows, X, Si) + np.diag(diag), rtol=1e-12, atol=1e-12)
+
+
+def test_uneven_neighbors_match_cvxpy():
+    """Samples with different numbers of constraints (the gathered Schur complement)."""
+    X, Z, alpha = random_instance(8, 6, 5, seed=12)
+    rng = np.random.default_rng(12)
+    neighbors = [[t for t in rng.permutation(6)[: 2 + i % 4] if t != alpha[i]] for i in range(8)]
+    fast = att_svm_nuclear(X, Z, alpha, neighbors=neighbors)
+    ref = att_svm_nuclear(X, Z, alpha, neighbors=neighbors, solver="cvxpy")
+    assert fast.converged and fast.objective == pytest.approx(ref.objective, rel=1e-5)
+    _check_certificate(X, Z, alpha, fast, 1e-6)
