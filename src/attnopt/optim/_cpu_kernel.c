@@ -41,7 +41,9 @@
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 enum { K_IDENTITY = 0, K_SQUARE = 1, K_SQRT = 2, K_INT = 3, K_HALFINT = 4, K_GENERAL = 5,
-       K_THIRD = 6 /* internal: a general e = n + f/3, chosen here (AVX-512 builds only) */ };
+       K_THIRD = 8 /* internal, AVX-512 builds only: K_THIRD + 3e for a general e = n + f/3 <= 4 */ };
+/* every K_THIRD + N (N = 3e = 3n + f), one specialised loop each */
+#define THIRD_CASES(CASE) CASE(1) CASE(2) CASE(4) CASE(5) CASE(7) CASE(8) CASE(10) CASE(11)
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
@@ -285,8 +287,8 @@ typedef struct {
     double alpha, decay, mu, e, omax;
     int kind, n;
     int stream;           /* non-temporal stores for float32 weights */
-    int third_f;          /* 1 or 2 where the power runs as K_THIRD (e = n + third_f/3), else 0 */
-    const void *third;    /* its table (a third_table), or NULL */
+    int third;            /* K_THIRD + 3e where the power runs as x^n * cbrt(x)^f, else 0 */
+    const void *table;    /* its table (a third_table), or NULL */
 } md_args;
 
 /* m[j] <- sign(th[j]) * min(|th[j]|^e, omax) for the cheap kinds, in one pass (inlined per kind) */
@@ -296,7 +298,7 @@ typedef struct {
  * GCC/clang vector extensions; square root, non-temporal store and the general power use
  * the widest instructions the target has. */
 typedef struct {
-    int kind, n, f; /* f: K_THIRD's e = n + f/3 */
+    int kind, n;
     float e_hi, e_lo, e;
 #if defined(__AVX512F__)
     __m512 third[4]; /* K_THIRD's table: slopes (32 lanes in two registers), then intercepts */
@@ -311,6 +313,18 @@ static inline v16f vsqrt(v16f a) {
 #else
     for (int i = 0; i < VF_LANES; i++) a[i] = sqrtf(a[i]);
     return a;
+#endif
+}
+
+/* min(r, omax) lane by lane, NaN kept (x86's min returns its second operand when one is NaN) */
+static inline v16f vmin_max(v16f r, float omax) {
+#if defined(__AVX512F__)
+    return (v16f)_mm512_min_ps(_mm512_set1_ps(omax), (__m512)r);
+#elif defined(__AVX__)
+    return (v16f)_mm256_min_ps(_mm256_set1_ps(omax), (__m256)r);
+#else
+    v16i over = r > omax;
+    return (v16f)(((v16i)r & ~over) | ((v16i)((v16f){0} + omax) & over));
 #endif
 }
 
@@ -339,9 +353,9 @@ static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, con
             if (left >> 1) base = base * base;
         }
         if (kind == K_HALFINT) r = r * vsqrt(a);
-    } else if (kind == K_THIRD) {
+    } else if (kind >= K_THIRD) {
 #if defined(__AVX512F__)
-        r = (v16f)vpow_third_avx512((__m512)a, P->n, P->f, P->third);
+        r = (v16f)vpow_third_avx512((__m512)a, (kind - K_THIRD) / 3, (kind - K_THIRD) % 3, P->third);
 #else
         r = vpow_f32(a, P->e_hi, P->e_lo, P->e); /* not chosen without AVX-512 */
 #endif
@@ -354,8 +368,7 @@ static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, con
     } else {
         r = a;
     }
-    v16i over = r > omax; /* also +inf */
-    r = (v16f)(((v16i)r & ~over) | ((v16i)((v16f){0} + omax) & over));
+    r = vmin_max(r, omax); /* also +inf; NaN stays */
     return (v16f)((v16u)r | ((v16u)t & SIGN));
 }
 
@@ -406,7 +419,10 @@ static void inverse_vectors(float *restrict m, const float *restrict th, int L, 
     case K_SQRT: inverse_vectors_k(m, th, L, K_SQRT, P, omax); break;
     case K_INT: inverse_vectors_k(m, th, L, K_INT, P, omax); break;
     case K_HALFINT: inverse_vectors_k(m, th, L, K_HALFINT, P, omax); break;
-    case K_THIRD: inverse_vectors_k(m, th, L, K_THIRD, P, omax); break;
+#if defined(__AVX512F__)
+#define INVERSE_THIRD(N) case K_THIRD + N: inverse_vectors_k(m, th, L, K_THIRD + N, P, omax); break;
+    THIRD_CASES(INVERSE_THIRD)
+#endif
     default: inverse_vectors_k(m, th, L, K_GENERAL, P, omax);
     }
 }
@@ -425,11 +441,9 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
     pow_params P = {.kind = A->kind, .n = A->n, .e = (float)A->e};
     split_exponent(A->e, &P.e_hi, &P.e_lo);
 #if defined(__AVX512F__)
-    if (A->third_f) {
-        const third_table *T = (const third_table *)A->third;
-        P.kind = K_THIRD;
-        P.n = (int)floor(A->e);
-        P.f = A->third_f;
+    if (A->third) {
+        const third_table *T = (const third_table *)A->table;
+        P.kind = A->third;
         P.third[0] = _mm512_loadu_ps(T->slope);
         P.third[1] = _mm512_loadu_ps(T->slope + 16);
         P.third[2] = _mm512_loadu_ps(T->icpt);
@@ -447,7 +461,10 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         case K_SQRT: step_f32_vec(w, theta + s, g, len, alpha, K_SQRT, &P, omax, stream); break;
         case K_INT: step_f32_vec(w, theta + s, g, len, alpha, K_INT, &P, omax, stream); break;
         case K_HALFINT: step_f32_vec(w, theta + s, g, len, alpha, K_HALFINT, &P, omax, stream); break;
-        case K_THIRD: step_f32_vec(w, theta + s, g, len, alpha, K_THIRD, &P, omax, stream); break;
+#if defined(__AVX512F__)
+#define STEP_THIRD(N) case K_THIRD + N: step_f32_vec(w, theta + s, g, len, alpha, K_THIRD + N, &P, omax, stream); break;
+        THIRD_CASES(STEP_THIRD)
+#endif
         default: step_f32_vec(w, theta + s, g, len, alpha, K_GENERAL, &P, omax, stream);
         }
         return;
@@ -521,10 +538,11 @@ int attnopt_md_step(int nt, void **w, float **theta, const void **g, float **buf
     third_table table;
     /* e = n + f/3 (3e an integer up to the rounding of 1/(p - 1)) in the float32 power's range */
     if (kind == K_GENERAL && e <= E_F32_MAX && fabs(3.0 * e - nearbyint(3.0 * e)) < 1e-9) {
-        A.third_f = (int)nearbyint(3.0 * e) % 3; /* 0 would be an integer e, classified in Python */
-        if (A.third_f) {
+        int N = (int)nearbyint(3.0 * e);
+        if (N % 3) { /* N % 3 == 0 would be an integer e, classified in Python */
             make_third_table(&table);
-            A.third = &table;
+            A.third = K_THIRD + N;
+            A.table = &table;
         }
     }
 #endif
