@@ -21,6 +21,8 @@
  * in float32 like the other paths; a general e as exp2(e*log2|theta|) with polynomials:
  * in float32 with an exact split of e*k for e <= 4 (p >= 1.25; a few ulp, see vpow_f32),
  * in float64 above (|error| < 1e-12 relative before the rounding to float32: within 1 ulp).
+ * With AVX-512, a general e <= 4 with 3e an integer (e = n + f/3, f in {1, 2}: p = 1.75, 2.5,
+ * 4, 1.3, ...) is computed instead as x^n * cbrt(x)^f without log or exp (vpow_third_avx512).
  *
  * attnopt_count_nonfinite counts NaN/inf entries of a list of gradients (exact: exponent
  * bits), for the optimizer's non-finite check before any write.
@@ -38,7 +40,10 @@
 #define STREAM_MIN (1 << 18) /* smaller tensors are written through the cache: they are likely still there at the next forward pass */
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
-enum { K_IDENTITY = 0, K_SQUARE = 1, K_SQRT = 2, K_INT = 3, K_HALFINT = 4, K_GENERAL = 5 };
+enum { K_IDENTITY = 0, K_SQUARE = 1, K_SQRT = 2, K_INT = 3, K_HALFINT = 4, K_GENERAL = 5,
+       K_THIRD = 8 /* internal, AVX-512 builds only: K_THIRD + 3e for a general e = n + f/3 <= 4 */ };
+/* every K_THIRD + N (N = 3e = 3n + f), one specialised loop each */
+#define THIRD_CASES(CASE) CASE(1) CASE(2) CASE(4) CASE(5) CASE(7) CASE(8) CASE(10) CASE(11)
 
 typedef float v8f __attribute__((vector_size(32)));
 typedef double v8d __attribute__((vector_size(64)));
@@ -179,6 +184,67 @@ static inline __m512 vpow_f32_avx512(__m512 a, float e_hi, float e_lo, float e) 
     __mmask16 nonzero = _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_OQ);
     return _mm512_maskz_scalef_ps(nonzero, p, n);
 }
+
+/* Linear first guesses of x^(-1/3) for x in [1, 8), x = 2^j * (1 + (t + u)/8), t in 0..7, u in
+ * [0, 1): r0 = slope[i] * x + icpt[i] with i = 8 * ((127 + j) & 3) + t, the low 5 bits of x's
+ * bits >> 20 (exponent field low 2 bits, top 3 mantissa bits), so one vpermt2ps looks it up.
+ * Each line is the chord of x^(-1/3) over its interval moved down by half the largest gap
+ * (an absolute minimax line of a convex function): relative error below 1e-3. */
+typedef struct { float slope[32], icpt[32]; } third_table;
+
+static void make_third_table(third_table *T) {
+    memset(T, 0, sizeof *T);
+    for (int j = 0; j < 3; j++)
+        for (int t = 0; t < 8; t++) {
+            double x0 = ldexp(1.0 + t / 8.0, j), x1 = ldexp(1.0 + (t + 1) / 8.0, j);
+            double f0 = pow(x0, -1.0 / 3), f1 = pow(x1, -1.0 / 3), s = (f1 - f0) / (x1 - x0);
+            double xi = pow(-3.0 * s, -0.75); /* f'(xi) = s */
+            int i = 8 * ((127 + j) & 3) + t;
+            T->slope[i] = (float)s;
+            T->icpt[i] = (float)((f0 - s * x0 + pow(xi, -1.0 / 3) - s * xi) / 2);
+        }
+}
+
+/* |x|^e for 16 non-negative floats, e = n + f/3 (f in {1, 2}, n >= 0, n + f/3 <= 4), without
+ * log/exp.  x = 2^k * m (m in [1, 2), subnormals normalised by getexp/getmant); k = 3q + j
+ * (j in {0, 1, 2}); X = 2^j * m in [1, 8).  Then x^e = 2^(n*k + f*q) * m^n * cbrt(X)^f.
+ * cbrt X: r0 ~ X^(-1/3) from the table (relative error d ~ 1e-3); u = X*r0^2 (= cbrt X * (1 + 2d));
+ * h = 1 - u*r0 (= 1 - X*r0^3, exact product in the fma); since X*r0^3 = 1 - h,
+ * cbrt(X)^f = u^f * (1 - h)^(-2f/3) = u^f * (1 + a1*h + a2*h^2 + a3*h^3 + O(h^4)), a1 = 2f/3,
+ * a2 = a1*(a1 + 1)/2, a3 = a2*(a1 + 2)/3 (|h| < 3e-3: h^4 is far below an ulp); the rounding of u
+ * enters damped by 1/3, and the last product of m^n * u^f is kept exact until the final sum.
+ * 2^(n*k + f*q) by vscalefps: one rounding into the subnormals, 0 / inf beyond the range. */
+static inline __m512 vpow_third_avx512(__m512 a, int n, int f, const __m512 *tab) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    a = _mm512_min_ps(_mm512_set1_ps(3.40282347e38f), a); /* inf -> the largest float (NaN stays) */
+    __m512 m = _mm512_getmant_ps(a, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+    __m512 k = _mm512_getexp_ps(a);
+    /* q = floor(k/3): (k + 1/2)/3 is at least 1/6 from an integer, so the rounding cannot cross one */
+    __m512 q = _mm512_roundscale_ps(_mm512_fmadd_ps(k, _mm512_set1_ps(1.0f / 3), _mm512_set1_ps(1.0f / 6)),
+                                    _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 j = _mm512_fnmadd_ps(q, _mm512_set1_ps(3.0f), k);
+    __m512 X = _mm512_scalef_ps(m, j);
+    __m512i idx = _mm512_srli_epi32(_mm512_castps_si512(X), 20);
+    __m512 r = _mm512_fmadd_ps(_mm512_permutex2var_ps(tab[0], idx, tab[1]), X,
+                               _mm512_permutex2var_ps(tab[2], idx, tab[3]));
+    __m512 u = _mm512_mul_ps(X, _mm512_mul_ps(r, r));
+    __m512 h = _mm512_fnmadd_ps(u, r, one);
+    /* the product m^n * u^f, its last multiplication error-free (lo) so that it is rounded once, in the end */
+    __m512 first = f == 2 ? u : one;
+    for (int i = 0; i < n; i++) first = i == 0 && f == 1 ? m : _mm512_mul_ps(first, m);
+    __m512 base = u, lo = _mm512_setzero_ps();
+    if (f == 2 || n >= 1) {
+        base = _mm512_mul_ps(first, u);
+        lo = _mm512_fmsub_ps(first, u, base);
+    }
+    const float a1 = f == 2 ? 4.0f / 3 : 2.0f / 3, a2 = a1 * (a1 + 1) / 2, a3 = a2 * (a1 + 2) / 3;
+    __m512 corr = _mm512_fmadd_ps(h, _mm512_set1_ps(a3), _mm512_set1_ps(a2));
+    corr = _mm512_mul_ps(h, _mm512_fmadd_ps(h, corr, _mm512_set1_ps(a1)));
+    __m512 mant = _mm512_add_ps(base, _mm512_fmadd_ps(base, corr, lo));
+    __m512 ex = _mm512_fmadd_ps(k, _mm512_set1_ps((float)n), _mm512_mul_ps(q, _mm512_set1_ps((float)f)));
+    __mmask16 nonzero = _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_NEQ_OQ);
+    return _mm512_maskz_scalef_ps(nonzero, mant, ex);
+}
 #endif
 
 /* m[j] <- m[j]^e for a general e > E_F32_MAX, in float64 (L is a multiple of 8) */
@@ -221,6 +287,8 @@ typedef struct {
     double alpha, decay, mu, e, omax;
     int kind, n;
     int stream;           /* non-temporal stores for float32 weights */
+    int third;            /* K_THIRD + 3e where the power runs as x^n * cbrt(x)^f, else 0 */
+    const void *table;    /* its table (a third_table), or NULL */
 } md_args;
 
 /* m[j] <- sign(th[j]) * min(|th[j]|^e, omax) for the cheap kinds, in one pass (inlined per kind) */
@@ -229,7 +297,13 @@ typedef struct {
  * VF_LANES-wide vectors: load g and theta, store theta, compute w, stream it.  Written with
  * GCC/clang vector extensions; square root, non-temporal store and the general power use
  * the widest instructions the target has. */
-typedef struct { int kind, n; float e_hi, e_lo, e; } pow_params;
+typedef struct {
+    int kind, n;
+    float e_hi, e_lo, e;
+#if defined(__AVX512F__)
+    __m512 third[4]; /* K_THIRD's table: slopes (32 lanes in two registers), then intercepts */
+#endif
+} pow_params;
 
 static inline v16f vsqrt(v16f a) {
 #if defined(__AVX512F__)
@@ -239,6 +313,18 @@ static inline v16f vsqrt(v16f a) {
 #else
     for (int i = 0; i < VF_LANES; i++) a[i] = sqrtf(a[i]);
     return a;
+#endif
+}
+
+/* min(r, omax) lane by lane, NaN kept (x86's min returns its second operand when one is NaN) */
+static inline v16f vmin_max(v16f r, float omax) {
+#if defined(__AVX512F__)
+    return (v16f)_mm512_min_ps(_mm512_set1_ps(omax), (__m512)r);
+#elif defined(__AVX__)
+    return (v16f)_mm256_min_ps(_mm256_set1_ps(omax), (__m256)r);
+#else
+    v16i over = r > omax;
+    return (v16f)(((v16i)r & ~over) | ((v16i)((v16f){0} + omax) & over));
 #endif
 }
 
@@ -267,6 +353,12 @@ static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, con
             if (left >> 1) base = base * base;
         }
         if (kind == K_HALFINT) r = r * vsqrt(a);
+    } else if (kind >= K_THIRD) {
+#if defined(__AVX512F__)
+        r = (v16f)vpow_third_avx512((__m512)a, (kind - K_THIRD) / 3, (kind - K_THIRD) % 3, P->third);
+#else
+        r = vpow_f32(a, P->e_hi, P->e_lo, P->e); /* not chosen without AVX-512 */
+#endif
     } else if (kind == K_GENERAL) {
 #if defined(__AVX512F__)
         r = (v16f)vpow_f32_avx512((__m512)a, P->e_hi, P->e_lo, P->e);
@@ -276,8 +368,7 @@ static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, con
     } else {
         r = a;
     }
-    v16i over = r > omax; /* also +inf */
-    r = (v16f)(((v16i)r & ~over) | ((v16i)((v16f){0} + omax) & over));
+    r = vmin_max(r, omax); /* also +inf; NaN stays */
     return (v16f)((v16u)r | ((v16u)t & SIGN));
 }
 
@@ -285,6 +376,8 @@ static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w
                                                                const float *restrict g, int64_t n, float alpha,
                                                                int kind, const pow_params *P, float omax,
                                                                int stream) {
+    const pow_params Q = *P; /* a local copy: no store through w or theta can change it */
+    P = &Q;
     int64_t i = 0;
     for (; i + VF_LANES <= n; i += VF_LANES) {
         v16f gv, tv;
@@ -326,6 +419,10 @@ static void inverse_vectors(float *restrict m, const float *restrict th, int L, 
     case K_SQRT: inverse_vectors_k(m, th, L, K_SQRT, P, omax); break;
     case K_INT: inverse_vectors_k(m, th, L, K_INT, P, omax); break;
     case K_HALFINT: inverse_vectors_k(m, th, L, K_HALFINT, P, omax); break;
+#if defined(__AVX512F__)
+#define INVERSE_THIRD(N) case K_THIRD + N: inverse_vectors_k(m, th, L, K_THIRD + N, P, omax); break;
+    THIRD_CASES(INVERSE_THIRD)
+#endif
     default: inverse_vectors_k(m, th, L, K_GENERAL, P, omax);
     }
 }
@@ -341,19 +438,33 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
     const float omax = (float)A->omax;
     const int plain = A->g_dtype == DT_F32 && !A->gscale && !buf && A->decay == 1.0;
     const int f64_power = A->kind == K_GENERAL && A->e > E_F32_MAX;
-    pow_params P = {A->kind, A->n, 0.0f, 0.0f, (float)A->e};
+    pow_params P = {.kind = A->kind, .n = A->n, .e = (float)A->e};
     split_exponent(A->e, &P.e_hi, &P.e_lo);
+#if defined(__AVX512F__)
+    if (A->third) {
+        const third_table *T = (const third_table *)A->table;
+        P.kind = A->third;
+        P.third[0] = _mm512_loadu_ps(T->slope);
+        P.third[1] = _mm512_loadu_ps(T->slope + 16);
+        P.third[2] = _mm512_loadu_ps(T->icpt);
+        P.third[3] = _mm512_loadu_ps(T->icpt + 16);
+    }
+#endif
     if (plain && !A->own && A->w_dtype == DT_F32 && !f64_power) {
         float *w = (float *)A->w[t] + s;
         const float *g = (const float *)A->g[t] + s;
         int stream = A->stream && A->numel[t] >= STREAM_MIN;
         int64_t len = end - s;
-        switch (A->kind) { /* constant kinds, so that each loop is specialised */
+        switch (P.kind) { /* constant kinds, so that each loop is specialised */
         case K_IDENTITY: step_f32_vec(w, theta + s, g, len, alpha, K_IDENTITY, &P, omax, stream); break;
         case K_SQUARE: step_f32_vec(w, theta + s, g, len, alpha, K_SQUARE, &P, omax, stream); break;
         case K_SQRT: step_f32_vec(w, theta + s, g, len, alpha, K_SQRT, &P, omax, stream); break;
         case K_INT: step_f32_vec(w, theta + s, g, len, alpha, K_INT, &P, omax, stream); break;
         case K_HALFINT: step_f32_vec(w, theta + s, g, len, alpha, K_HALFINT, &P, omax, stream); break;
+#if defined(__AVX512F__)
+#define STEP_THIRD(N) case K_THIRD + N: step_f32_vec(w, theta + s, g, len, alpha, K_THIRD + N, &P, omax, stream); break;
+        THIRD_CASES(STEP_THIRD)
+#endif
         default: step_f32_vec(w, theta + s, g, len, alpha, K_GENERAL, &P, omax, stream);
         }
         return;
@@ -389,7 +500,7 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
             pow_block_f64(m, LV, A->e);
             for (j = 0; j < L; j++) m[j] = copysignf(m[j] < omax ? m[j] : omax, th[j]);
         } else {
-            inverse_vectors(m, th, LV, A->kind, &P, omax);
+            inverse_vectors(m, th, LV, P.kind, &P, omax);
         }
         /* 3. the weights */
         if (A->w_dtype == DT_F32) {
@@ -422,7 +533,19 @@ int attnopt_md_step(int nt, void **w, float **theta, const void **g, float **buf
                     const double *gscale, int w_dtype, int g_dtype, int own, double alpha, double decay,
                     double mu, int kind, int n, double e, double omax, int stream, int nthreads) {
     md_args A = {nt, w, theta, g, buf, numel, gscale, w_dtype, g_dtype, own, alpha, decay, mu, e, omax,
-                 kind, n, stream};
+                 kind, n, stream, 0, NULL};
+#if defined(__AVX512F__)
+    third_table table;
+    /* e = n + f/3 (3e an integer up to the rounding of 1/(p - 1)) in the float32 power's range */
+    if (kind == K_GENERAL && e <= E_F32_MAX && fabs(3.0 * e - nearbyint(3.0 * e)) < 1e-9) {
+        int N = (int)nearbyint(3.0 * e);
+        if (N % 3) { /* N % 3 == 0 would be an integer e, classified in Python */
+            make_third_table(&table);
+            A.third = K_THIRD + N;
+            A.table = &table;
+        }
+    }
+#endif
     int64_t *starts = chunk_starts(nt, numel);
     if (!starts) return -1;
     int64_t total = starts[nt];
