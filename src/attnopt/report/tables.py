@@ -18,6 +18,18 @@ def fmt(m: float | None, s: float | None = None, digits: int = 3) -> str:
     return f"{f} ± {g}"
 
 
+def sample_stats(values: Iterable[Any]) -> tuple[float, float, int]:
+    """(mean, sample standard deviation (ddof = 1; NaN for a single value), n) of the finite
+    values; None and non-finite entries are skipped, and no values give (NaN, NaN, 0)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = math.fsum(vals) / n
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else math.nan
+    return mean, std, n
+
+
 def pct(x: float | None, digits: int = 2) -> str:
     """A fraction as a percentage with ``digits`` decimals ("–" when missing)."""
     if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):

@@ -25,7 +25,7 @@ from scipy import stats as sps
 from attnopt.experiments.imdb.config import PAPER_E3
 from attnopt.experiments.imdb.records import PROBE_SETS, find_records, read_record
 from attnopt.experiments.imdb.sparsity import PAPER_E4, PAPER_THRESHOLD
-from attnopt.report.tables import fmt, markdown_table
+from attnopt.report.tables import fmt, markdown_table, sample_stats
 
 E5_PAPER = {"MD p=1.1": 0.439, "MD p=2": 0.312}  # authors' probes, one size-6 model each
 
@@ -43,10 +43,8 @@ class Aggregate:
 
 
 def mean_std(vals) -> tuple[float, float]:
-    a = np.asarray([v for v in vals if v is not None and math.isfinite(v)], dtype=float)
-    if a.size == 0:
-        return float("nan"), float("nan")
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else float("nan")
+    """Mean and sample std of the finite values (see :func:`attnopt.report.tables.sample_stats`)."""
+    return sample_stats(vals)[:2]
 
 
 def t_interval(vals, level: float = 0.95) -> tuple[float, float]:

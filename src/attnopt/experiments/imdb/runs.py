@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from attnopt.errors import RunFolderError
+from attnopt.report.tables import sample_stats
 from attnopt.experiments.imdb.checkpoint import CHECKPOINT, model_state
 from attnopt.experiments.imdb.config import PAPER_E3, RESUME_MUTABLE, TrainConfig
 from attnopt.experiments.imdb.train import EXPERIMENT
@@ -152,11 +153,8 @@ def results_table(paths: Sequence[str | os.PathLike]) -> list[dict]:
             continue
         group[ident] = (run, cfg, summary)
 
-    def ms(vals: list) -> tuple[float, float]:
-        arr = 100 * np.asarray([v for v in vals if v is not None], dtype=float)
-        if arr.size == 0:
-            return float("nan"), float("nan")
-        return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+    def ms(vals: list) -> tuple[float, float]:  # in percent
+        return sample_stats(None if v is None else 100 * v for v in vals)[:2]
 
     rows = []
     order = {"md": 0, "adam": 1, "adamw": 2, "sgd": 3}

@@ -19,6 +19,7 @@ import torch
 from attnopt.models.sparsity import abs_stats
 from attnopt.models.sparsity import magnitude_prune_ as prune_
 from attnopt.models.vit import EnsembleViT
+from attnopt.report.tables import sample_stats
 
 MATRIX_TYPES = ("Q", "K", "V", "O", "MLP")
 #: |w| histogram bin edges: 0, then log-spaced from 1e-6 to 10 (40 bins)
@@ -64,12 +65,8 @@ def pruning_curves(model: EnsembleViT, evaluate_acc, levels: Sequence[float]) ->
     return rows
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, sample std (NaN for one value), n) of the finite values."""
-    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    if arr.size == 0:
-        return float("nan"), float("nan"), 0
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan"), int(arr.size)
+#: (mean, sample std (NaN for one value), n) of the finite values
+mean_std = sample_stats
 
 
 def histogram_figure(groups: dict[str, list[dict]], reference: dict[str, list[dict]] | None = None,
