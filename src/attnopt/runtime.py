@@ -22,21 +22,6 @@ def report(progress: Optional[ProgressFn], label: str, advance: int, total: int)
         progress(label, advance, total)
 
 
-class AbsoluteProgress:
-    """Adapts code that reports absolute counts ``(label, done, total)`` to a :data:`ProgressFn`."""
-
-    def __init__(self, progress: Optional[ProgressFn]) -> None:
-        self.progress, self._done = progress, {}
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        if self.progress is None:
-            return
-        last = self._done.get(label, 0)
-        self._done[label] = done
-        if done > last:
-            self.progress(label, done - last, total)
-
-
 @contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Cap torch's intra-op threads at ``n`` (None: leave them) and restore the old count."""
