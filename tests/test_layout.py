@@ -14,7 +14,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "attnopt"
 FLOORS = {
-    "attnopt": 0, "errors": 0, "paths": 0, "config": 0, "runtime": 0, "files": 0, "mirror": 0,
+    "attnopt": 0, "errors": 0, "paths": 0, "config": 0, "runtime": 0, "files": 0, "mirror": 0, "native": 0,
     "optim": 1, "svm": 1, "convex": 1, "models": 1, "data": 1,
     "report": 2,
     "experiments": 3,

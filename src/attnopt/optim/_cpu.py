@@ -1,11 +1,8 @@
 r"""The ``fused=True`` path on CPU: one C kernel call per step for a whole list of tensors.
 
-The kernel (``_cpu_kernel.c`` beside this file) is compiled at first use with the system C
-compiler (``$CC``, else Python's, else ``cc``) as ``-O3 -march=native -fopenmp`` (the target
-set by ``$ATTNOPT_KERNEL_ARCH``) and cached
-under ``$ATTNOPT_CACHE/kernels`` (default ``~/.cache/attnopt/kernels``, beside the token cache), keyed by the source, the
-compiler and the CPU (the newest :data:`KEEP_BUILDS` are kept), then loaded with
-:mod:`ctypes`; a second process reuses the cached library.  It reads g and θ once and writes θ and w once per element, writing large float32
+The kernel (``_cpu_kernel.c`` beside this file) is compiled at first use and cached by
+:func:`attnopt.native.build` (the system C compiler, ``-O3 -march=native -fopenmp``, the kernel
+cache ``$ATTNOPT_CACHE/kernels``).  It reads g and θ once and writes θ and w once per element, writing large float32
 weights with non-temporal stores, and counts non-finite gradient entries in one read (the
 optimizer's check before any write).  See the C source for the arithmetic.
 
@@ -18,13 +15,6 @@ the same call, so ``fused=True`` works for every CPU parameter.
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shlex
-import subprocess
-import sysconfig
-import tempfile
 import threading
 from pathlib import Path
 
@@ -33,132 +23,31 @@ from torch import Tensor
 
 from torch.optim.optimizer import Optimizer
 
-from attnopt.errors import UserError
+from attnopt import native
+from attnopt.native import KernelBuildError
 from attnopt.optim._eager import single_tensor_mirror_descent
 from attnopt.optim._math import lq_scale, step_constants
 
 __all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports", "KernelBuildError"]
 
 
-class KernelBuildError(UserError, RuntimeError):
-    """The fused CPU kernel cannot be built or loaded here: no working C compiler, or a kernel
-    cache folder (``$ATTNOPT_CACHE/kernels``) that cannot be written.  ``MirrorDescent()``
-    then falls back to the single-tensor path with one warning; ``fused=True`` raises this."""
-
 SOURCE = Path(__file__).with_name("_cpu_kernel.c")
 _KINDS = {"identity": 0, "square": 1, "sqrt": 2, "int": 3, "halfint": 4, "general": 5}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
-#: The target CPU: ``-march=$ATTNOPT_KERNEL_ARCH`` (default ``native``; e.g. ``x86-64-v3`` for
-#: a cache shared by machines with AVX2 but not AVX-512, or to test the portable code).
-ARCH_ENV_VAR = "ATTNOPT_KERNEL_ARCH"
-
-
-def _flag_sets() -> tuple[list[str], ...]:
-    arch = f"-march={os.environ.get(ARCH_ENV_VAR) or 'native'}"
-    return (
-        ["-O3", arch, "-fopenmp"],
-        ["-O3", arch],  # a compiler without OpenMP (e.g. Apple clang): one thread
-        ["-O3"],
-    )
-
-
-_COMMON_FLAGS = ["-fno-math-errno", "-fPIC", "-shared"]
+# the build (compiler, flags, cache folder and its pruning) is attnopt.native's, shared with
+# the encoder's dropout kernel; these names are kept for the tests and for users' scripts
+_compiler, _cpu_signature = native.compiler, native.cpu_signature
+ARCH_ENV_VAR, KEEP_BUILDS = native.ARCH_ENV_VAR, native.KEEP_BUILDS
 
 _lib: ctypes.CDLL | None = None
 _lock = threading.Lock()
 
 
-def _compiler() -> list[str]:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    return shlex.split(cc)
-
-
-def _cache_dir() -> Path:
-    from attnopt.paths import cache_dir  # $ATTNOPT_CACHE, beside the token cache
-
-    return cache_dir() / "kernels"
-
-
-def _cpu_signature() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
-#: Builds kept in the cache folder (one per source version, compiler, flags and CPU).
-KEEP_BUILDS = 8
-
-
-def _prune(folder: Path, keep: int = KEEP_BUILDS) -> None:
-    """Delete all but the ``keep`` newest builds.  A process that has one loaded keeps its
-    mapping; a later process that needs a deleted one rebuilds it (about a second)."""
-    builds = []
-    for path in folder.glob("attnopt_md_*.so"):
-        try:
-            builds.append((path.stat().st_mtime_ns, path))
-        except OSError:  # deleted meanwhile by another process
-            pass
-    for _, path in sorted(builds, reverse=True)[keep:]:
-        try:
-            path.unlink()
-        except OSError:
-            pass
-
-
 def _build() -> ctypes.CDLL:
-    cc = _compiler()
-    try:
-        version = subprocess.run(cc + ["--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise KernelBuildError(
-            f"MirrorDescent's fused CPU path compiles a small C kernel at first use, but the C compiler "
-            f"{' '.join(cc)!r} could not be run ({exc}). Install a C compiler (gcc or clang) or set $CC; "
-            "or pass foreach=False for the single-tensor path."
-        ) from exc
-    folder = _cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=folder, suffix=".probe")
-        probe.close()
-    except OSError as exc:
-        raise KernelBuildError(
-            f"MirrorDescent's fused CPU path keeps its compiled C kernel in the kernel cache {folder}, "
-            f"which cannot be written ({exc.strerror or exc}). Set $ATTNOPT_CACHE to a writable folder, "
-            "or pass foreach=False for the single-tensor path."
-        ) from exc
-    source = SOURCE.read_bytes()
-    errors = []
-    for flags in _flag_sets():
-        key = hashlib.sha256(
-            b"\0".join([source, version.encode(), " ".join(cc + flags + _COMMON_FLAGS).encode(),
-                        _cpu_signature().encode()])
-        ).hexdigest()[:20]
-        target = folder / f"attnopt_md_{key}.so"
-        if not target.exists():
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-            os.close(fd)
-            cmd = cc + flags + _COMMON_FLAGS + [str(SOURCE), "-o", tmp, "-lm"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                os.unlink(tmp)
-                errors.append(f"$ {' '.join(cmd)}\n{proc.stderr.strip()[-2000:]}")
-                continue
-            os.replace(tmp, target)  # atomic: concurrent builders (DDP ranks) agree
-            _prune(target.parent)
-        try:
-            return _declare(ctypes.CDLL(str(target)))
-        except OSError as exc:
-            errors.append(f"loading {target}: {exc}")
-    raise KernelBuildError(
-        "MirrorDescent's fused CPU path could not build its C kernel:\n" + "\n".join(errors)
-        + "\nPass foreach=False for the single-tensor path."
-    )
+    """``MirrorDescent()`` falls back to the single-tensor path with one warning when this
+    raises :class:`KernelBuildError`; ``fused=True`` raises it."""
+    return _declare(native.build(SOURCE, "attnopt_md", "MirrorDescent's fused CPU path",
+                                 "pass foreach=False for the single-tensor path"))
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
