@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnopt.config import ConfigMixin, check_bool, check_choice, check_float, check_int
+from attnopt.models.dropout import IMPLS as DROPOUT_IMPLS, dropout
 
 PAD_ID = 0
 
@@ -62,11 +63,13 @@ class EncoderConfig(ConfigMixin):
     norm: str = "post"          # "post" (paper) | "pre"
     pool: str = "cls"           # "cls" (paper) | "mean" (masked mean over non-pad tokens)
     attn_impl: str = "sdpa"     # "sdpa" | "explicit"
+    dropout_impl: str = "torch"  # "torch" | "counter" (attnopt.models.dropout: other masks, faster on CPU)
 
     def __post_init__(self) -> None:
         check_choice(self, "norm", self.norm, ("post", "pre"))
         check_choice(self, "pool", self.pool, ("cls", "mean"))
         check_choice(self, "attn_impl", self.attn_impl, ("sdpa", "explicit"))
+        check_choice(self, "dropout_impl", self.dropout_impl, DROPOUT_IMPLS)
         for name in ("vocab_size", "max_len", "n_embd", "n_hidden", "n_blocks", "n_heads"):
             object.__setattr__(self, name, check_int(self, name, getattr(self, name), lo=1))
         object.__setattr__(self, "dropout", check_float(self, "dropout", self.dropout, ge=0.0, lt=1.0))
@@ -129,7 +132,7 @@ def key_padding_mask(ids: torch.Tensor) -> torch.Tensor:
 
 
 def explicit_attention(q, k, v, keep: torch.Tensor, dropout_p: float = 0.0, training: bool = False,
-                       return_probs: bool = False):
+                       return_probs: bool = False, dropout_impl: str = "torch"):
     """softmax(q kᵀ / √d + mask) v with masked keys at −∞ (the paper's formulation).
 
     ``keep`` is a boolean (B, T) key mask.  Returns the output (and the probabilities).
@@ -138,7 +141,7 @@ def explicit_attention(q, k, v, keep: torch.Tensor, dropout_p: float = 0.0, trai
     scores = (q @ k.transpose(-2, -1)) * scale
     scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    dropped = F.dropout(probs, dropout_p, training=training) if dropout_p > 0 else probs
+    dropped = dropout(probs, dropout_p, training, dropout_impl)
     out = dropped @ v
     return (out, probs) if return_probs else out
 
@@ -312,7 +315,7 @@ def _embed(members: Sequence[EncoderClassifier], batch: Padded | Packed) -> torc
 
 
 def _attention(x: torch.Tensor, w: dict, batch: Padded | Packed, keep: torch.Tensor | None, H: int, p: float,
-               training: bool, explicit: bool, probs_out: list | None) -> torch.Tensor:
+               training: bool, explicit: bool, probs_out: list | None, dropout_impl: str) -> torch.Tensor:
     """Multi-head self-attention of every member: (K, M, C) → (K, M, C), before W_O."""
     K, M, C = x.shape
     d = C // H
@@ -330,8 +333,10 @@ def _attention(x: torch.Tensor, w: dict, batch: Padded | Packed, keep: torch.Ten
     B = M // T
     q, k_, v = (t.reshape(K * B, T, H, d).transpose(1, 2) for t in qkv.split(C, dim=-1))
     keep2 = keep.reshape(K * B, T)
-    if explicit or probs_out is not None:
-        y, probs = explicit_attention(q, k_, v, keep2, p, training, return_probs=True)
+    # torch's attention kernels draw their own dropout masks: the counter-based dropout of the
+    # probabilities goes through the explicit softmax (what SDPA's CPU math path computes anyway)
+    if explicit or probs_out is not None or (dropout_impl != "torch" and training and p > 0):
+        y, probs = explicit_attention(q, k_, v, keep2, p, training, return_probs=True, dropout_impl=dropout_impl)
         if probs_out is not None:
             probs_out.append(probs.view(K, B, H, T, T)[0] if K == 1 else probs.view(K, B, H, T, T))
     else:
@@ -355,10 +360,11 @@ def ensemble_logits(members: Sequence[EncoderClassifier], batch: Padded | Packed
     ``probs_out`` (padded layout) collects each block's attention probabilities.
     """
     cfg = members[0].cfg
-    K, H, p = len(members), cfg.n_heads, cfg.dropout
+    K, H, p, impl = len(members), cfg.n_heads, cfg.dropout, cfg.dropout_impl
     if isinstance(batch, Packed):
-        if cfg.attn_impl == "explicit" or probs_out is not None:
-            raise ValueError("the packed (padding-free) layout needs attn_impl='sdpa' and no probabilities")
+        if cfg.attn_impl == "explicit" or probs_out is not None or (impl != "torch" and training and p > 0):
+            raise ValueError("the packed (padding-free) layout needs attn_impl='sdpa', no probabilities and, "
+                             "in training with dropout, dropout_impl='torch'")
         keep, (_, B), T = None, batch.shape, None
     else:
         keep = _keep(batch, K)
@@ -376,11 +382,11 @@ def ensemble_logits(members: Sequence[EncoderClassifier], batch: Padded | Packed
         fc1, fc2 = (P[pre + "mlp.fc1.weight"], P[pre + "mlp.fc1.bias"]), (P[pre + "mlp.fc2.weight"], P[pre + "mlp.fc2.bias"])
 
         def attn(h):
-            a = _attention(h, w, batch, keep, H, p, training, cfg.attn_impl == "explicit", probs_out)
-            return F.dropout(_linear(a, *proj), p, training)
+            a = _attention(h, w, batch, keep, H, p, training, cfg.attn_impl == "explicit", probs_out, impl)
+            return dropout(_linear(a, *proj), p, training, impl)
 
         def mlp(h):
-            return F.dropout(_linear(F.gelu(_linear(h, *fc1)), *fc2), p, training)
+            return dropout(_linear(F.gelu(_linear(h, *fc1)), *fc2), p, training, impl)
 
         if cfg.norm == "pre":
             x = x + attn(_layer_norm(x, *ln1))
