@@ -184,6 +184,9 @@ class ReviewData:
     dataset: str = "custom"
     max_len: int = 512
     meta: dict = field(default_factory=dict)
+    #: a fixed held-out test subset scored once, with the validation-selected weights
+    #: (``load_reviews(final_test=N)``); None when not asked for
+    final: TokenizedSplit | None = None
 
     def split(self, name: str) -> TokenizedSplit:
         if name not in SPLITS:
@@ -268,7 +271,7 @@ def _file_sha(relpath: str, data_root=None) -> str:
 
 
 def cache_key(dataset: str, max_len: int, subset: int | None, eval_subset: int | None,
-              data_seed: int, clean_html: bool, data_root=None) -> tuple[str, str]:
+              data_seed: int, clean_html: bool, data_root=None, final_test: int | None = None) -> tuple[str, str]:
     """(file name, full key json) of the token cache for these settings."""
     dataset = check_dataset(dataset)
     spec = {
@@ -283,12 +286,16 @@ def cache_key(dataset: str, max_len: int, subset: int | None, eval_subset: int |
         "clean_html": bool(clean_html),
         "truncation": "head, [CLS] first",
     }
+    if final_test is not None:  # only then, so that the caches made without it keep their names
+        spec["final_test"] = int(final_test)
     text = json.dumps(spec, sort_keys=True)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     if subset is None and eval_subset is None:
         sub = "full"
     else:
         sub = f"sub{subset or 'all'}-{eval_subset or 'all'}-s{data_seed}"
+    if final_test is not None:
+        sub += f"-final{int(final_test)}"
     name = f"{dataset}-L{int(max_len)}-{sub}{'-clean' if clean_html else ''}-bertuncased-{digest}.npz"
     return name, text
 
@@ -325,11 +332,15 @@ def _unpack(z, prefix: str, max_len: int) -> TokenizedSplit:
 def load_reviews(dataset: str = "imdb", max_len: int = 512, subset: int | None = None,
                  eval_subset: int | None = None, data_seed: int = 0, val_in_train: bool = False,
                  clean_html: bool = False, data_root=None, cache: str | os.PathLike | None = None,
-                 use_cache: bool = True, progress: ProgressFn | None = None) -> ReviewData:
+                 use_cache: bool = True, progress: ProgressFn | None = None,
+                 final_test: int | None = None) -> ReviewData:
     """Tokenised train / val / test splits of ``dataset`` (cached on disk).
 
     ``subset`` keeps a class-balanced seeded subset of ``subset`` training reviews and
     ``eval_subset`` (default: ``subset``) of each of val and test; ``None`` keeps everything.
+    ``final_test`` adds :attr:`ReviewData.final`: a class-balanced subset of that many test
+    reviews (all of them when it is at least the split's size), chosen by ``data_seed`` alone,
+    so the same for every trial of a protocol.
     ``progress`` hears how many reviews have been tokenised (label "tokenising <dataset>").
     """
     dataset = check_dataset(dataset)
@@ -338,33 +349,37 @@ def load_reviews(dataset: str = "imdb", max_len: int = 512, subset: int | None =
     if eval_subset is None:
         eval_subset = subset
     # Cached splits never include val in train; ``val_in_train`` is applied after loading.
-    name, key_text = cache_key(dataset, max_len, subset, eval_subset, data_seed, clean_html, data_root)
+    name, key_text = cache_key(dataset, max_len, subset, eval_subset, data_seed, clean_html, data_root, final_test)
+    names = SPLITS + (("final",) if final_test is not None else ())
     path = cache_dir(cache) / name
     splits: dict[str, TokenizedSplit] | None = None
     if use_cache and path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
                 if str(z["key"]) == key_text:
-                    splits = {s: _unpack(z, s, max_len) for s in SPLITS}
+                    splits = {s: _unpack(z, s, max_len) for s in names}
         except Exception:  # unreadable cache: rebuild it
             splits = None
     if splits is None:
         splits = _tokenize_splits(dataset, max_len, subset, eval_subset, data_seed, clean_html,
-                                  data_root, progress)
+                                  data_root, progress, final_test)
         if use_cache:
             arrays = {"key": np.asarray(key_text)}
-            for s in SPLITS:
+            for s in names:
                 arrays.update(_pack(splits[s], s))
             _save_npz(path, arrays)
     if val_in_train:
         splits = dict(splits)
         splits["train"] = TokenizedSplit.concat([splits["train"], splits["val"]])
     meta = {"cache_file": str(path) if use_cache else None, "subset": subset, "eval_subset": eval_subset,
-            "data_seed": data_seed, "val_in_train": val_in_train, "clean_html": clean_html}
-    return ReviewData(splits["train"], splits["val"], splits["test"], dataset=dataset, max_len=max_len, meta=meta)
+            "data_seed": data_seed, "val_in_train": val_in_train, "clean_html": clean_html,
+            "final_test": final_test}
+    return ReviewData(splits["train"], splits["val"], splits["test"], dataset=dataset, max_len=max_len, meta=meta,
+                      final=splits.get("final"))
 
 
-def _tokenize_splits(dataset, max_len, subset, eval_subset, data_seed, clean_html, data_root, progress):
+def _tokenize_splits(dataset, max_len, subset, eval_subset, data_seed, clean_html, data_root, progress,
+                     final_test=None):
     rows = split_rows(dataset, data_root, val_in_train=False)
     tab = read_table(dataset, data_root, ["text", "label"])
     labels = np.asarray(tab.column("label").to_pylist(), dtype=np.int64)
@@ -372,12 +387,14 @@ def _tokenize_splits(dataset, max_len, subset, eval_subset, data_seed, clean_htm
     for i, s in enumerate(SPLITS):
         n = subset if s == "train" else eval_subset
         chosen[s] = rows[s] if n is None else balanced_subset(rows[s], labels, n, data_seed * 1000 + i)
+    if final_test is not None:
+        chosen["final"] = balanced_subset(rows["test"], labels, final_test, data_seed * 1000 + len(SPLITS))
     texts_col = tab.column("text")
     tok = load_tokenizer(data_root)
     total = sum(len(v) for v in chosen.values())
     label = f"tokenising {dataset}"
     out = {}
-    for s in SPLITS:
+    for s in chosen:
         idx = chosen[s]
         texts = texts_col.take(idx).to_pylist()
         ids = encode_texts(texts, max_len, tok, clean_html=clean_html,

@@ -237,9 +237,11 @@ def _load(cfg: TrainConfig, loaded: dict, data_root, cache, progress):
 
     key = (cfg.dataset, cfg.max_len, cfg.subset, cfg.eval_subset, cfg.data_seed, cfg.resolved_val_in_train(),
            cfg.clean_html)
-    if key not in loaded:
+    if key + (cfg.final_test,) not in loaded:
         loaded.clear()  # one dataset in memory at a time
-        loaded[key] = load_reviews(*key, data_root=data_root, cache=cache, progress=progress)
+        loaded[key + (cfg.final_test,)] = load_reviews(*key, data_root=data_root, cache=cache, progress=progress,
+                                                       final_test=cfg.final_test)
+    key += (cfg.final_test,)
     return loaded[key]
 
 

@@ -39,8 +39,10 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
 
 def save_checkpoint(path: Path, *, config: dict, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     data_gen: torch.Generator, rng: list[dict], history: list[dict], stop_reason: str | None,
-                    ensemble: dict | None = None) -> None:
-    atomic_torch_save({
+                    ensemble: dict | None = None, best: dict | None = None) -> None:
+    """``best``: the validation-selected weights and the final test pass (``best``,
+    ``best_epoch``, ``best_val``, ``final``) of a run with ``final_test``; absent keys read as none."""
+    atomic_torch_save({**(best or {}),
         "format": FORMAT,
         "config": config,
         "epoch": int(epoch),

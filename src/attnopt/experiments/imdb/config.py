@@ -73,6 +73,7 @@ class TrainConfig(ConfigMixin):
     max_len: int = 512
     subset: int | None = None
     eval_subset: int | None = None
+    final_test: int | None = None
     data_seed: int = 0
     val_in_train: bool | None = None
     clean_html: bool = False
@@ -86,6 +87,7 @@ class TrainConfig(ConfigMixin):
     norm: str = "post"
     pool: str = "cls"
     attn_impl: str = "sdpa"
+    dropout_impl: str = "torch"
     # optimisation
     optimizer: str = "md"
     p: float = 1.1
@@ -146,7 +148,7 @@ class TrainConfig(ConfigMixin):
                              ("checkpoint_every", 1, None), ("seed", 0, None), ("data_seed", 0, None),
                              ("size", 1, None)):
             setattr(self, name, check_int(self, name, getattr(self, name), lo, hi))
-        for name in ("subset", "eval_subset", "n_blocks", "n_heads", "init_seed"):
+        for name in ("subset", "eval_subset", "final_test", "n_blocks", "n_heads", "init_seed"):
             if getattr(self, name) is not None:
                 setattr(self, name, check_int(self, name, getattr(self, name), 0 if name == "init_seed" else 1))
         self.target_train_acc = check_float(self, "target_train_acc", self.target_train_acc, gt=0.0, le=1.0)
@@ -158,6 +160,12 @@ class TrainConfig(ConfigMixin):
         if self.pad == "none" and self.attn_impl == "explicit":
             raise config_error(self, "pad: the padding-free layout (pad none) runs attention through "
                                      "scaled_dot_product_attention; use attn_impl sdpa or pad dynamic/max")
+        if self.pad == "none" and self.dropout_impl != "torch" and self.dropout > 0:
+            raise config_error(self, "pad: the padding-free layout (pad none) draws its attention dropout inside "
+                                     "scaled_dot_product_attention; use dropout_impl torch or pad dynamic/max")
+        if self.final_test is not None and self.resolved_val_in_train():
+            raise config_error(self, "final_test: the final test pass scores the validation-selected weights, "
+                                     "which needs held-out validation (val_in_train off, not the paper protocol)")
         self.model_config()  # validates the model fields
 
     # -- derived settings
@@ -167,7 +175,7 @@ class TrainConfig(ConfigMixin):
             return EncoderConfig(
                 max_len=512, n_embd=self.n_embd, n_hidden=self.n_hidden, n_blocks=self.n_blocks or self.size,
                 n_heads=self.n_heads or self.size, dropout=self.dropout, norm=self.norm, pool=self.pool,
-                attn_impl=self.attn_impl,
+                attn_impl=self.attn_impl, dropout_impl=self.dropout_impl,
             )
         except ConfigError as exc:
             raise config_error(self, str(exc).split(": ", 1)[-1]) from None
@@ -210,7 +218,8 @@ class TrainConfig(ConfigMixin):
         """``auto``: padding-free (``none``) on a GPU, ``dynamic`` elsewhere (see docs/imdb_speed.md)."""
         if self.pad != "auto":
             return self.pad
-        return "none" if device_type == "cuda" and self.attn_impl == "sdpa" else "dynamic"
+        packable = self.attn_impl == "sdpa" and (self.dropout_impl == "torch" or self.dropout == 0)
+        return "none" if device_type == "cuda" and packable else "dynamic"
 
     def optimizer_label(self) -> str:
         if self.optimizer == "md":

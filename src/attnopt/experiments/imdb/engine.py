@@ -69,6 +69,13 @@ class Member:
     stop_reason: str | None = None
     error: NonFiniteLoss | None = None
     notes: list[str] = field(default_factory=list)
+    #: the weights of the epoch of best validation accuracy so far (its first maximum), its
+    #: epoch and accuracy; kept only when the run has a final test pass (``final_test``)
+    best: dict[str, torch.Tensor] | None = None
+    best_epoch: int | None = None
+    best_val: float = float("-inf")
+    #: the final test pass of the validation-selected weights, once the run has finished
+    final: dict | None = None
 
     @property
     def active(self) -> bool:
@@ -276,7 +283,7 @@ def evaluate_members(models: Sequence[EncoderClassifier], split: DeviceSplit, ba
     modes = [m.training for m in models]
     for m in models:
         m.eval()
-    ens = EncoderEnsemble(list(models))
+    ens = EncoderEnsemble(list(models)).eval()  # a new module starts in training mode: dropout off here
     tot = torch.zeros(K, 2, dtype=torch.float64, device=split.device)
     per_batch = max(1, batch_size // K)  # K members share each batch's activations
     rank, world = (d.rank, d.world) if d is not None else (0, 1)
@@ -308,10 +315,41 @@ def stop_requested(folders: Sequence[Path | None], d: Dist) -> bool:
     return bool(all_reduce(flag, d, op="max").item())
 
 
+def keep_best(m: Member, epoch: int, val_acc: float) -> None:
+    """Remember member m's weights when ``val_acc`` beats its best (the first maximum wins, as
+    in :func:`~attnopt.experiments.imdb.train.summarize_history`)."""
+    if math.isfinite(val_acc) and val_acc > m.best_val:
+        m.best = {k: v.detach().clone() for k, v in m.model.state_dict().items()}
+        m.best_epoch, m.best_val = epoch, val_acc
+
+
+def final_test(members: Sequence[Member], split: DeviceSplit, s: Settings) -> None:
+    """Score each member's validation-selected weights (its last weights if no validation
+    accuracy was finite) once on the fixed final test split; the result goes to ``m.final``."""
+    import copy
+
+    models = []
+    for m in members:
+        model = copy.deepcopy(m.model)
+        if m.best is not None:
+            model.load_state_dict(m.best)
+        models.append(model)
+    scores = evaluate_members(models, split, s.eval_batch_size, s.precision, s.multiple, s.loss, s.dist)
+    for m, (loss, acc) in zip(members, scores):
+        m.final = {"final_test_acc": acc, "final_test_loss": loss, "final_test_epoch": m.best_epoch or len(m.history),
+                   "final_test_n": split.n}
+
+
+FINISHED = ("target_train_acc", "max_epochs")
+
+
 def run_epochs(members: list[Member], start_epoch: int, splits: tuple[DeviceSplit, DeviceSplit, DeviceSplit],
-               s: Settings, on_epoch: Callable[[Member, bool], None], root: Path | None = None) -> None:
+               s: Settings, on_epoch: Callable[[Member, bool], None], root: Path | None = None,
+               final: DeviceSplit | None = None) -> None:
     """Epochs until every member has stopped; ``on_epoch(member, finished)`` after each of a
-    member's epochs (and when it stops on a non-finite loss)."""
+    member's epochs (and when it stops on a non-finite loss).  With a ``final`` split, each
+    member's validation-selected weights are kept and scored on it once the member has
+    finished (train-accuracy target or epoch limit), before its last ``on_epoch``."""
     train, val, test = splits
     forward = _Forward(s)
     epoch = start_epoch
@@ -332,6 +370,7 @@ def run_epochs(members: list[Member], start_epoch: int, splits: tuple[DeviceSpli
         if s.device.type == "cuda":
             torch.cuda.synchronize(s.device)
         t_epoch = time.perf_counter() - t0
+        ended = []
         for k, (i, (train_loss, train_acc)) in enumerate(results.items()):
             m = members[i]
             (val_loss, val_acc), (test_loss, test_acc) = evals[0][k], evals[1][k]
@@ -342,16 +381,25 @@ def run_epochs(members: list[Member], start_epoch: int, splits: tuple[DeviceSpli
                 "train_reviews_per_s": train.n / t_train if t_train > 0 else float("nan"),
                 "members": len(done),
             })
+            if final is not None:
+                keep_best(m, epoch + 1, val_acc)
             if train_acc >= m.cfg.target_train_acc:
                 m.stop_reason = "target_train_acc"
             elif stop_requested([m.folder, root], s.dist):
                 m.stop_reason = "stop_file"
             elif epoch + 1 >= m.cfg.max_epochs:
                 m.stop_reason = "max_epochs"
+            ended.append(m)
+        if final is not None:
+            finished = [m for m in ended if m.stop_reason in FINISHED and m.final is None]
+            if finished:
+                final_test(finished, final, s)
+        for m in ended:
             on_epoch(m, not m.active)
         report(s.progress, "epochs", 1, limit)
         epoch += 1
 
 
-__all__ = ["Member", "Settings", "NonFiniteLoss", "STOP_FILE", "train_step", "train_epoch", "evaluate",
-           "evaluate_members", "member_losses", "correct_counts", "run_epochs", "stop_requested"]
+__all__ = ["Member", "Settings", "NonFiniteLoss", "STOP_FILE", "FINISHED", "train_step", "train_epoch", "evaluate",
+           "evaluate_members", "member_losses", "correct_counts", "run_epochs", "stop_requested", "keep_best",
+           "final_test"]
