@@ -215,18 +215,36 @@ def campaign(
                                                     help="override the plan's torch.compile setting")] = None,
     max_members: Annotated[Optional[int], typer.Option(help="trials per process (overrides the plan's)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what is complete and what is missing "
-                                                            "per cell")] = False,
+                                                            "per cell (with --shard: the shard's trials)")] = False,
+    shard: Annotated[Optional[str], typer.Option(
+        help="K/N: train only the K-th (0-based) of N disjoint parts of the plan (e.g. a Slurm array task's "
+             "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); the same on every machine")] = None,
+    status: Annotated[bool, typer.Option(
+        "--status", help="per cell across all workers: complete, claimed (by whom, since when), stale, missing, "
+                         "and the training time left estimated from the recorded epoch times; trains nothing")] = False,
+    stale_after: Annotated[float, typer.Option(
+        help="seconds without a heartbeat after which another worker's claim is taken over (a claim of a "
+             "process gone from this host is taken over at once)")] = 600.0,
+    steal_stale: Annotated[bool, typer.Option(
+        "--steal-stale", help="take over at once every claim not held by a live process on this host (when you "
+                              "know its owner is gone, e.g. a requeued Slurm task with its --shard)")] = False,
     progress: ProgressOpt = True, data: DataOpt = None, cache: CacheOpt = None,
 ) -> None:
     """Train the plan's missing trials as ensembles until the budget is spent; each finished trial
-    leaves a small record (config, history, summary, E4 statistics, E5 scores; no checkpoint)."""
+    leaves a small record (config, history, summary, E4 statistics, E5 scores; no checkpoint).
+
+    Any number of workers may run on one results folder (one per GPU, a Slurm array, several
+    machines on a shared file system): each claims a trial before training it, so every trial
+    is trained once; see docs/campaign_cluster.md."""
     t0 = time.perf_counter()
     from attnopt.experiments.imdb.campaign import CampaignConfig, run_campaign
 
     with guard():
         cfg = CampaignConfig(plan=str(plan), budget=budget, work=None if work is None else str(work),
                              only=tuple(only or ()), device=device, compile=compile, max_members=max_members,
-                             dry_run=dry_run)
+                             dry_run=dry_run, shard=shard, stale_after=stale_after, steal_stale=steal_stale)
+    if status:
+        return _campaign_status(cfg, results)
     with guard(), progress_bars(progress and not dry_run) as cb:
         try:
             res = run_campaign(cfg, out=results, progress=cb, data_root=data, cache=cache)
@@ -235,7 +253,12 @@ def campaign(
                        f"keep their last checkpoint in {cfg.work_dir()}: the same command resumes them", 130) from None
     typer.echo(_status_table(res.status))
     con = console()
+    if dry_run and cfg.shard is not None:
+        typer.echo(f"shard {cfg.shard}: {len(res.shard)} missing trial(s)")
+        for item in res.shard:
+            typer.echo(f"  {item}")
     for label, items in (("recorded", [str(p) for p in res.recorded]),
+                         ("left to the worker holding its claim", res.claimed_elsewhere),
                          ("stopped by the budget (resumable)", res.in_progress),
                          ("not started (budget spent)", res.not_started), ("failed", res.failed)):
         for item in items:
@@ -247,6 +270,15 @@ def campaign(
         finish(con, results, t0, "IMDB campaign")
     if res.failed:
         raise fail(f"{len(res.failed)} trial(s) stopped on a non-finite loss: " + " | ".join(res.failed), 3)
+
+
+def _campaign_status(cfg, results: Path) -> None:
+    from attnopt.experiments.imdb.campaign_status import campaign_progress, format_progress
+    from attnopt.experiments.imdb.plan import load_plan
+
+    with guard():
+        rows = campaign_progress(load_plan(cfg.plan), results, cfg.work_dir(), cfg.stale_after)
+    typer.echo(format_progress(rows))
 
 
 def _status_table(rows: list[dict]) -> str:
@@ -261,18 +293,20 @@ def _status_table(rows: list[dict]) -> str:
 
 @app.command()
 def table(
-    runs: Annotated[List[Path], typer.Argument(help="run folders (or folders containing runs), or a campaign's "
-                                                    "results folder (e.g. results/imdb)")],
+    runs: Annotated[List[Path], typer.Argument(help="run folders (or folders containing runs), or campaign results "
+                                                    "folders (e.g. results/imdb; several are merged)")],
     out: Annotated[Optional[Path], typer.Option(help="also write the markdown table(s) to this file")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="also write the (E3) rows as CSV to this file")] = None,
     figure: Annotated[Optional[Path], typer.Option(
         help="also draw accuracy per epoch (campaign: test accuracy, mean ± std band per cell) into this PNG")] = None,
     report: Annotated[Optional[Path], typer.Option(
         help="campaign records: the folder for tables.md, e3/e4/e5.csv and the figures "
-             "(default RESULTS/tables)")] = None,
+             "(default: the first RESULTS folder's tables/)")] = None,
 ) -> None:
     """E3/E6 of run folders (mean ± std over seeds beside the paper's), or — given folders holding
-    campaign records — the aggregated E3, E4 and E5 tables with the 95 % t-interval check."""
+    campaign records — the aggregated E3, E4 and E5 tables with the 95 % t-interval check.
+    Several records folders (copied from several machines) are merged: a trial recorded in more
+    than one counts once."""
     from attnopt.experiments.imdb.records import find_records
     from attnopt.report.runs import RunDir
 
@@ -308,11 +342,12 @@ def _campaign_tables(roots: List[Path], out, csv, figure, report) -> None:
     from attnopt.report.imdb_figures import band_curves_figure
     from attnopt.report.runs import RunDir
 
-    if len(roots) != 1:
-        raise fail("give one campaign results folder (its records are aggregated)")
-    agg = aggregate(roots[0])
+    agg = aggregate(roots)
     text = agg.markdown()
     typer.echo(text)
+    if agg.duplicates:
+        console().print(f"counted once (the same trial in several folders): {'; '.join(agg.duplicates)}",
+                        highlight=False, markup=False)
     folder = report if report is not None else roots[0] / "tables"
     written = write_tables(agg, folder)
     if out is not None:

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ class Aggregate:
     e5: list[dict]
     e5_pairs: list[dict]
     cells: dict[str, list[dict]]   # cell -> its records (read_record)
+    duplicates: list[str] = field(default_factory=list)   # records of a trial met before (counted once)
 
     def markdown(self) -> str:
         return "\n\n".join([format_e3(self.e3), format_e4(self.e4), format_e5(self.e5, self.e5_pairs)])
@@ -67,12 +69,24 @@ def _cell_info(recs: list[dict]) -> dict:
             "lr": s.get("lr"), "n": len(recs)}
 
 
-def aggregate(results: str | Path) -> Aggregate:
-    """Read every complete record under ``results`` and build the E3, E4 and E5 rows."""
+def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
+    """Read every complete record under ``results`` (one folder or several, e.g. copied from
+    several machines: merged, each trial once — the first folder's record wins) and build the
+    E3, E4 and E5 rows.  The tables depend on the records alone."""
+    roots = [results] if isinstance(results, (str, Path)) else list(results)
     cells: dict[str, list[dict]] = {}
-    for path in find_records(Path(results)):
+    seen: dict[str, Path] = {}
+    duplicates = []
+    for path in (p for root in roots for p in find_records(Path(root))):
         rec = read_record(path)
+        trial = rec["summary"]["record"]["trial"]
+        if trial in seen:
+            duplicates.append(f"{path} (same trial as {seen[trial]})")
+            continue
+        seen[trial] = path
         cells.setdefault(rec["summary"]["record"]["cell"], []).append(rec)
+    for recs in cells.values():  # the same order whichever folders the records came from
+        recs.sort(key=lambda r: r["path"].name)
     order = sorted(cells, key=lambda k: (_cell_info(cells[k])["dataset"], _cell_info(cells[k])["protocol"],
                                          _cell_info(cells[k])["size"], k))
     cells = {k: cells[k] for k in order}
@@ -107,7 +121,7 @@ def aggregate(results: str | Path) -> Aggregate:
             m, s = mean_std([r["e5"][ps]["mean_score"] for r in recs])
             e5.append(info | {"probes": ps, "n_probes": recs[0]["e5"][ps]["n"], "score_mean": m, "score_std": s,
                               "top_mean": mean_std([float(r["e5"][ps]["top_hits"]) for r in recs])[0]})
-    return Aggregate(e3, e4, e5, _pairs(cells), cells)
+    return Aggregate(e3, e4, e5, _pairs(cells), cells, duplicates)
 
 
 def _pairs(cells: dict[str, list[dict]]) -> list[dict]:

@@ -16,6 +16,14 @@ machines and short GPU windows.
    removes an ensemble's work folder once all its members are recorded.
 
 The budget bounds training; a record takes a few evaluations more (seconds on a GPU).
+
+Any number of workers may run on one results folder (``docs/campaign_cluster.md``): a worker
+claims the members of an ensemble (:mod:`.claims`, all of them or none) before training it and
+releases them once recorded; it skips trials other workers hold, takes over stale claims, and
+rescans the records after each ensemble, until nothing it may claim is left or the budget is
+spent.  ``shard=(K, N)`` restricts a worker to its part of the plan (:mod:`.shards`).  The
+work folder should be shared as well (then a taken-over trial resumes from its checkpoint;
+otherwise it starts again from scratch).
 """
 
 from __future__ import annotations
@@ -25,14 +33,16 @@ import json
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from attnopt.config import ConfigMixin, check_bool, check_float, check_int, check_sequence, config_error
-from attnopt.experiments.imdb.config import MEMBER_FIELDS, RESUME_MUTABLE, EnsembleConfig, TrainConfig
+from attnopt.experiments.imdb.claims import STALE_AFTER_S, Claims
+from attnopt.experiments.imdb.config import EnsembleConfig, TrainConfig
 from attnopt.experiments.imdb.engine import STOP_FILE
 from attnopt.experiments.imdb.plan import Plan, PlanError, Trial, identity_key, load_plan, resolve_sweeps
-from attnopt.experiments.imdb.records import find_records
+from attnopt.experiments.imdb.records import RecordExists, find_records, record_complete
+from attnopt.experiments.imdb.shards import group_trials, in_shard, parse_shard
 from attnopt.runtime import ProgressFn, report
 
 FINISHED = ("target_train_acc", "max_epochs")
@@ -43,7 +53,10 @@ class CampaignConfig(ConfigMixin):
     """``plan`` (TOML path), ``budget`` (seconds of training), ``work`` (checkpoints of trials in
     progress; default ``runs/campaign-work``), ``only`` (cell-name prefixes), ``device`` and
     ``compile`` (override the plan's: they do not change a trial's identity), ``max_members``
-    (overrides the plan's ensemble sizes), ``dry_run``."""
+    (overrides the plan's ensemble sizes), ``dry_run``, ``shard`` (``"K/N"``: this worker's part
+    of the plan), ``stale_after`` (seconds without a heartbeat after which another worker's
+    claim is taken over), ``steal_stale`` (take over at once every claim not held by a live
+    process on this host)."""
 
     plan: str = ""
     budget: float = 480.0
@@ -53,6 +66,9 @@ class CampaignConfig(ConfigMixin):
     compile: bool | None = None
     max_members: int | None = None
     dry_run: bool = False
+    shard: str | None = None
+    stale_after: float = STALE_AFTER_S
+    steal_stale: bool = False
 
     def __post_init__(self) -> None:
         if not str(self.plan):
@@ -65,6 +81,14 @@ class CampaignConfig(ConfigMixin):
             check_bool(self, "compile", self.compile)
         if self.max_members is not None:
             object.__setattr__(self, "max_members", check_int(self, "max_members", self.max_members, 1))
+        if self.shard is not None:
+            k, n = parse_shard(self.shard)
+            object.__setattr__(self, "shard", f"{k}/{n}")
+        object.__setattr__(self, "stale_after", check_float(self, "stale_after", self.stale_after, gt=0.0))
+        check_bool(self, "steal_stale", self.steal_stale)
+
+    def shard_spec(self) -> tuple[int, int] | None:
+        return parse_shard(self.shard)
 
     def work_dir(self) -> Path:
         return Path(self.work) if self.work else Path("runs") / "campaign-work"
@@ -81,6 +105,8 @@ class CampaignResult:
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     missing: int = 0                                      # distinct trials not yet recorded
+    shard: list[str] = field(default_factory=list)        # dry run with a shard: its missing trials
+    claimed_elsewhere: list[str] = field(default_factory=list)  # left to the other workers holding them
 
 
 def count_missing(plan: Plan, complete: dict) -> int:
@@ -120,13 +146,6 @@ def plan_status(plan: Plan, complete: dict[str, dict], sweeps: dict[str, dict]) 
     return rows
 
 
-def _shared_key(cfg: TrainConfig) -> str:
-    """What ensemble members must share: every field except the member and resume-mutable ones."""
-    d = {f.name: getattr(cfg, f.name) for f in fields(TrainConfig)
-         if f.name not in MEMBER_FIELDS and f.name not in RESUME_MUTABLE}
-    return json.dumps(d, sort_keys=True, default=str)
-
-
 def _work_name(keys: list[str]) -> str:
     return "ens-" + hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:12]
 
@@ -143,10 +162,12 @@ def _stored_ensemble(folder: Path) -> tuple[list[str], list[str]] | None:
 
 
 def schedule(plan: Plan, pending: list[Trial], complete: dict, work: Path,
-             max_members: int | None = None) -> list[tuple[list[Trial], tuple | None]]:
+             max_members: int | None = None, exclude: set | frozenset = frozenset()
+             ) -> list[tuple[list[Trial], tuple | None]]:
     """Ensembles to train, in order: (trials, names or None). Ensembles left in ``work`` whose
-    members are all in the plan and some still missing come first, as they were; the rest are
-    grouped by what members must share, at most ``max_members`` (default: the plan's) each."""
+    members are all in the plan, some still missing and none in ``exclude`` (claimed by another
+    worker, or of another shard) come first, as they were; the rest are grouped by what members
+    must share, at most ``max_members`` (default: the plan's) each."""
     by_key = {t.key: t for t in plan.trials()}
     left = {t.key: t for t in pending}
     groups: list[tuple[list[Trial], tuple | None]] = []
@@ -155,18 +176,11 @@ def schedule(plan: Plan, pending: list[Trial], complete: dict, work: Path,
         if stored is None:
             continue
         keys, names = stored
-        if all(k in by_key for k in keys) and any(k in left for k in keys):
+        if all(k in by_key for k in keys) and any(k in left for k in keys) and not any(k in exclude for k in keys):
             groups.append(([by_key[k] for k in keys], tuple(names)))
             for k in keys:
                 left.pop(k, None)
-    buckets: dict[str, list[Trial]] = {}
-    for t in left.values():
-        buckets.setdefault(_shared_key(t.config), []).append(t)
-    for trials in buckets.values():
-        size = max_members or plan.campaign["max_members_by_size"].get(trials[0].config.size,
-                                                                       plan.campaign["max_members"])
-        groups += [(trials[i:i + size], None) for i in range(0, len(trials), size)]
-    return groups
+    return groups + [(g, None) for g in group_trials(plan, list(left.values()), max_members)]
 
 
 class _Deadline:
@@ -203,33 +217,89 @@ def run_campaign(config: CampaignConfig | dict, *, out: str | Path | None = None
     plan = load_plan(cfg.plan)
     results = None if out is None else Path(out)
     complete = complete_records(results)
-    sweeps = resolve_sweeps(plan, complete)
-    pending = [t for t in plan.trials() if t.key not in complete
-               and (not cfg.only or any(t.cell.startswith(o) for o in cfg.only))]
-    res = CampaignResult(results, plan_status(plan, complete, sweeps), missing=count_missing(plan, complete))
+    pending = _pending(plan, complete, cfg, results)
+    res = CampaignResult(results, plan_status(plan, complete, resolve_sweeps(plan, complete)),
+                         missing=count_missing(plan, complete))
+    if cfg.shard is not None:
+        res.shard = [f"{t.cell}/{t.name}" for t in pending]
     if results is None or cfg.dry_run or not pending:
         return res
-    for t in pending:
-        if t.record_path(results).exists():
-            raise PlanError(f"plan: {t.record_path(results)} holds a record of another configuration than the "
-                            f"plan's trial {t.cell}/{t.name} (was the plan edited?); move it away or rename the cell")
     work = cfg.work_dir()
     deadline = t0 + cfg.budget
-    overrides = {k: v for k, v in (("device", cfg.device), ("compile", cfg.compile)) if v is not None}
     loaded: dict = {}
-    for trials, names in schedule(plan, pending, complete, work, cfg.max_members):
-        if time.monotonic() >= deadline:
-            res.not_started += [f"{t.cell}/{t.name}" for t in trials if t.key not in complete]
-            continue
-        members = tuple(t.config.replace(**overrides) if overrides else t.config for t in trials)
-        ens = EnsembleConfig(members=members, names=names)
-        folder = work / _work_name([t.key for t in trials])
-        split_data = data if data is not None else _load(members[0], loaded, data_root, cache, progress)
-        _train_group(ens, trials, folder, deadline, split_data, plan, results, complete, res, progress, data_root)
+    tried: set[str] = set()    # trials this worker has trained (recorded, stopped or failed)
+    with Claims(results / "claims", stale_after=cfg.stale_after, steal_stale=cfg.steal_stale) as claims:
+        while pending:
+            busy = claims.busy()
+            free = [t for t in pending if t.key not in busy and t.key not in tried]
+            res.claimed_elsewhere = [f"{t.cell}/{t.name}" for t in pending if t.key in busy]
+            groups = schedule(plan, free, complete, work, cfg.max_members, exclude=busy | tried)
+            if groups and time.monotonic() >= deadline:
+                res.not_started += [f"{t.cell}/{t.name}" for g, _ in groups for t in g if t.key not in complete]
+                break
+            for trials, names in groups:
+                todo = [t.key for t in trials if t.key not in complete]
+                if not claims.claim_all(todo, {t.key: f"{t.cell}/{t.name}" for t in trials}):
+                    continue
+                if any(record_complete(t.record_path(results)) for t in trials if t.key in todo):
+                    for k in todo:    # recorded meanwhile by another worker: rescan
+                        claims.release(k)
+                    break
+                tried.update(todo)
+                try:
+                    _train_claimed(cfg, trials, names, work, deadline, data, loaded, plan, results, complete, res,
+                                   progress, data_root, cache, claims)
+                finally:
+                    for k in todo:
+                        claims.release(k)
+                break
+            else:
+                break  # nothing this worker may claim
+            complete = complete_records(results)
+            pending = _pending(plan, complete, cfg, results)
+        res.notes += [f"took over the stale claim of {c.trial or c.key} ({c.owner()})" for c in claims.taken_over]
+    complete = complete_records(results)
     res.status = plan_status(plan, complete, resolve_sweeps(plan, complete))
     res.missing = count_missing(plan, complete)
     res.elapsed_s = time.monotonic() - t0
     return res
+
+
+def _pending(plan: Plan, complete: dict, cfg: CampaignConfig, results: Path | None) -> list[Trial]:
+    """The plan's trials without a complete record, within ``--only`` and the shard (rates from
+    the sweeps recorded so far); a record of another configuration in a trial's place is an error."""
+    resolve_sweeps(plan, complete)
+    pending = [t for t in plan.trials() if t.key not in complete
+               and (not cfg.only or any(t.cell.startswith(o) for o in cfg.only))]
+    pending = in_shard(plan, pending, cfg.shard_spec(), cfg.max_members)
+    out = []
+    for t in pending:
+        path = None if results is None else t.record_path(results)
+        if path is not None and path.exists():
+            if _record_trial(path) == t.key:
+                continue  # recorded by another worker since the scan
+            raise PlanError(f"plan: {path} holds a record of another configuration than the "
+                            f"plan's trial {t.cell}/{t.name} (was the plan edited?); move it away or rename the cell")
+        out.append(t)
+    return out
+
+
+def _record_trial(path: Path) -> str | None:
+    try:
+        return json.loads((path / "summary.json").read_text())["record"]["trial"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _train_claimed(cfg: CampaignConfig, trials: list[Trial], names, work: Path, deadline: float, data, loaded: dict,
+                   plan: Plan, results: Path, complete: dict, res: CampaignResult, progress, data_root, cache,
+                   claims: Claims) -> None:
+    overrides = {k: v for k, v in (("device", cfg.device), ("compile", cfg.compile)) if v is not None}
+    members = tuple(t.config.replace(**overrides) if overrides else t.config for t in trials)
+    ens = EnsembleConfig(members=members, names=names)
+    folder = work / _work_name([t.key for t in trials])
+    split_data = data if data is not None else _load(members[0], loaded, data_root, cache, progress)
+    _train_group(ens, trials, folder, deadline, split_data, plan, results, complete, res, progress, data_root, claims)
 
 
 def _load(cfg: TrainConfig, loaded: dict, data_root, cache, progress):
@@ -246,7 +316,7 @@ def _load(cfg: TrainConfig, loaded: dict, data_root, cache, progress):
 
 
 def _train_group(ens: EnsembleConfig, trials: list[Trial], folder: Path, deadline: float, data, plan: Plan,
-                 results: Path, complete: dict, res: CampaignResult, progress, data_root) -> None:
+                 results: Path, complete: dict, res: CampaignResult, progress, data_root, claims: Claims) -> None:
     from attnopt.data.reviews import load_tokenizer
     from attnopt.experiments.imdb.batching import DeviceSplit
     from attnopt.experiments.imdb.execution import resolve_device
@@ -269,10 +339,17 @@ def _train_group(ens: EnsembleConfig, trials: list[Trial], folder: Path, deadlin
             res.failed.append(f"{label}: {member.error}")
             left += 1
         elif member.summary.get("stop_reason") in FINISHED:
+            if not claims.mine(t.key):
+                res.notes.append(f"{label}: its claim was taken over by another worker while it trained")
             model, _ = load_model(member.out, device)
-            dest = write_record(member.out, t.record_path(results), model=model, cell=t.cell, key=t.key,
-                                eval_split=split, levels=plan.campaign["prune_levels"], tokenizer=tok,
-                                split_name=split_name, data_root=data_root)
+            try:
+                dest = write_record(member.out, t.record_path(results), model=model, cell=t.cell, key=t.key,
+                                    eval_split=split, levels=plan.campaign["prune_levels"], tokenizer=tok,
+                                    split_name=split_name, data_root=data_root)
+            except RecordExists as exc:
+                res.notes.append(f"{label}: {exc}")
+                complete[t.key] = {}
+                continue
             complete[t.key] = json.loads((dest / "summary.json").read_text())
             res.recorded.append(dest)
             report(progress, "records", 1, len(trials))

@@ -14,8 +14,11 @@
 * ``summary.json`` — the run's summary plus ``"record"`` (trial key, cell), written last with
   ``"complete": true``.
 
-No checkpoint.  The record is assembled in a temporary folder beside its place and renamed
-into place, so a record folder exists only when complete.
+No checkpoint.  The record is assembled in a temporary folder beside its place (named by host,
+pid and a random token, so workers on several machines never share one) and renamed into place
+by one ``rename(2)``, which never replaces a non-empty folder: a record folder exists only when
+complete, and when two workers finish the same trial the first record stays and the second
+is discarded (:class:`RecordExists`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import io
 import json
 import os
 import shutil
+import socket
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +46,10 @@ from attnopt.report.runs import RunDir
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-5, 1, 61)])
 RECORD_FILES = ("config.json", "history.csv", "report.md", "e4.json", "e5.json", "summary.json")
 PROBE_SETS = ("ours", "authors")
+
+
+class RecordExists(RunFolderError):
+    """The trial's record is already in place (written by another worker); ours was discarded."""
 
 
 def weight_histograms(model) -> dict[str, list[int]]:
@@ -104,12 +113,10 @@ def write_record(run: Path, dest: Path, *, model, cell: str, key: str, eval_spli
     """Assemble the record of the finished run folder ``run`` at ``dest`` (atomically)."""
     dest = Path(dest)
     if dest.exists():
-        raise RunFolderError(f"{dest} exists already; a record is never overwritten (delete it to redo the trial)")
+        raise RecordExists(f"{dest} exists already; a record is never overwritten (delete it to redo the trial)")
     summary = json.loads((run / "summary.json").read_text())
     cfg_json = json.loads((run / "config.json").read_text())
-    tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = dest.parent / f".{dest.name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     rd = RunDir(tmp)
     rd.write_json("config.json", cfg_json)
     rd.write_text("history.csv", compact_history(run / "history.csv"))
@@ -119,7 +126,14 @@ def write_record(run: Path, dest: Path, *, model, cell: str, key: str, eval_spli
         rd.write_json("e5.json", e5_scores(model, int(cfg_json["config"].get("max_len", 512)), tokenizer, data_root))
     summary = {k: v for k, v in summary.items() if k != "complete"}
     rd.write_summary(summary | {"record": {"trial": key, "cell": cell, "files": list(RECORD_FILES)}}, complete=True)
-    os.replace(tmp, dest)
+    try:
+        os.rename(tmp, dest)  # a non-empty dest (another worker's record) makes this fail: never replaced
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if dest.exists():
+            raise RecordExists(f"{dest}: recorded meanwhile by another worker; this worker's copy was discarded"
+                               ) from None
+        raise RunFolderError(f"{dest}: cannot move the record into place ({exc})") from None
     return dest
 
 
@@ -158,5 +172,5 @@ def record_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-__all__ = ["write_record", "record_complete", "find_records", "read_record", "record_size", "weight_histograms",
+__all__ = ["write_record", "RecordExists", "record_complete", "find_records", "read_record", "record_size", "weight_histograms",
            "e4_stats", "e5_scores", "HIST_EDGES", "RECORD_FILES", "PROBE_SETS", "MATRIX_TYPES"]
