@@ -209,3 +209,26 @@ seeds = [0]
     assert res.exit_code == 0, res.output
     assert "| cli-p1.1 | sst2 | honest | 1 | MD p=1.1 | 0.01 | 1 |" in res.stdout
     assert "| cli-p1.1 | cli-p2 | authors | 1 |" in res.stdout
+
+
+def test_verdicts_test_the_two_cells_samples_with_welch_and_holm(records):
+    """ℓ1.1 vs ℓ2 from the fixture: accuracy 83.48 vs 80.10 % (n = 3 each), Q+K+V counts 601 vs
+    750, equal E5 means; each verdict from Welch's test between the cells, Holm across the table."""
+    from scipy import stats as sps
+
+    from attnopt.experiments.imdb.aggregate import claims
+
+    rows = {r["claim"]: r for r in claims(aggregate(records).cells) if r["size"] == 3}
+    acc = rows["ℓ1.1 more accurate than ℓ2"]
+    ref = sps.ttest_ind([83.40, 83.50, 83.55], [80.00, 80.10, 80.20], equal_var=False)
+    assert acc["test"].p == pytest.approx(float(ref.pvalue), rel=1e-6)
+    assert acc["metric"].startswith("best test")  # the paper protocol has no honest number
+    ps = [r["test"].p for r in rows.values()]
+    from attnopt.report.stats import holm
+
+    assert [r["p_holm"] for r in rows.values()] == pytest.approx(holm(ps), nan_ok=True)
+    assert acc["verdict"] == "holds" and rows["ℓ1.1 sparser than ℓ2"]["verdict"] == "holds"
+    assert rows["ℓ1.1 selects sentiment tokens more sharply than ℓ2 (authors probes)"]["verdict"] == "inconclusive"
+    assert "ℓ1.1 more accurate than ℓ3" not in rows  # the size-6 ℓ3 cell is another table
+    text = aggregate(records).markdown()
+    assert "## Verdicts" in text and "| holds |" in text

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy import stats as sps
 
 from attnopt.experiments.imdb.config import PAPER_E3
 from attnopt.experiments.imdb.records import PROBE_SETS, find_records, read_record
 from attnopt.experiments.imdb.sparsity import PAPER_E4, PAPER_THRESHOLD
+from attnopt.report.stats import holm, t_interval, verdict, welch
 from attnopt.report.tables import fmt, markdown_table, sample_stats
 
 E5_PAPER = {"MD p=1.1": 0.439, "MD p=2": 0.312}  # authors' probes, one size-6 model each
@@ -41,21 +41,13 @@ class Aggregate:
     duplicates: list[str] = field(default_factory=list)   # records of a trial met before (counted once)
 
     def markdown(self) -> str:
-        return "\n\n".join([format_e3(self.e3), format_e4(self.e4), format_e5(self.e5, self.e5_pairs)])
+        return "\n\n".join([format_e3(self.e3), format_e4(self.e4), format_e5(self.e5, self.e5_pairs),
+                            format_verdicts(claims(self.cells))])
 
 
 def mean_std(vals) -> tuple[float, float]:
     """Mean and sample std of the finite values (see :func:`attnopt.report.tables.sample_stats`)."""
     return sample_stats(vals)[:2]
-
-
-def t_interval(vals, level: float = 0.95) -> tuple[float, float]:
-    """Two-sided Student-t confidence interval of the mean (nan for fewer than 2 values)."""
-    a = np.asarray(vals, dtype=float)
-    if a.size < 2:
-        return float("nan"), float("nan")
-    half = float(sps.t.ppf(0.5 + level / 2, a.size - 1)) * float(a.std(ddof=1)) / math.sqrt(a.size)
-    return float(a.mean()) - half, float(a.mean()) + half
 
 
 def _label(cfg: dict) -> str:
@@ -156,6 +148,101 @@ def _pairs(cells: dict[str, list[dict]]) -> list[dict]:
                 out.append({"cell_l11": a, "cell_l2": b, "probes": ps, "pairs": len(pairs), "probe_wins": wins,
                             "probe_comparisons": total, "pairs_l11_higher_mean": better})
     return out
+
+
+def _kind(recs: list[dict]) -> str:
+    c = recs[0]["config"]
+    return f"md{round(float(c['p']), 6):g}" if c["optimizer"] == "md" else c["optimizer"]
+
+
+def _accuracy(recs: list[dict]) -> tuple[str, list]:
+    """The honest test accuracy (%) of each trial, or the paper's best-over-epochs where the
+    protocol has no honest number."""
+    honest = [r["summary"].get("honest_test_acc") for r in recs]
+    if any(h is not None for h in honest):
+        return "honest test acc (%)", [None if h is None else 100 * h for h in honest]
+    return "best test acc over epochs (%)", [100 * r["summary"]["paper_best_test_acc"] for r in recs]
+
+
+def _qkv_above(recs: list[dict]) -> list[float]:
+    return [float(sum(r["e4"]["stats"][t]["above_threshold"] for t in "QKV")) for r in recs]
+
+
+def claims(cells: dict[str, list[dict]]) -> list[dict]:
+    """The paper's claims that the cells can test, per (dataset, protocol, size): ℓ1.1 more
+    accurate than ℓ2, ℓ3 and each baseline; ℓ1.1 sparser than ℓ2 (fewer Q/K/V entries above the
+    paper's threshold: the paper's direction); ℓ1.1 gives the marked sentiment token a higher
+    E5 score than ℓ2 (each probe set).  Welch's test between the two cells' trials, Holm's
+    correction across the claims of one (dataset, protocol, size) table."""
+    groups: dict[tuple, dict[str, tuple[str, list[dict]]]] = {}
+    for name, recs in cells.items():
+        info = _cell_info(recs)
+        groups.setdefault((info["dataset"], info["protocol"], info["size"]), {})[_kind(recs)] = (name, recs)
+    out = []
+    for (dataset, protocol, size), kinds in groups.items():
+        rows = []
+        if "md1.1" not in kinds:
+            continue
+        a_name, a = kinds["md1.1"]
+        for other, label in (("md2", "ℓ2"), ("md3", "ℓ3"), ("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD-m")):
+            if other in kinds:
+                b_name, b = kinds[other]
+                metric, va = _accuracy(a)
+                rows.append({"claim": f"ℓ1.1 more accurate than {label}", "metric": metric, "a": a_name,
+                             "b": b_name, "va": va, "vb": _accuracy(b)[1], "higher": True,
+                             "paper": _paper_gap(dataset, size, other)})
+        if "md2" in kinds:
+            b_name, b = kinds["md2"]
+            rows.append({"claim": "ℓ1.1 sparser than ℓ2", "metric": f"Q+K+V entries > {PAPER_THRESHOLD:g}",
+                         "a": a_name, "b": b_name, "va": _qkv_above(a), "vb": _qkv_above(b), "higher": False,
+                         "paper": f"{sum(v[0] - v[1] for v in PAPER_E4.values()):+,} (size 6, 1 model each)"})
+            for ps in PROBE_SETS:
+                rows.append({"claim": f"ℓ1.1 selects sentiment tokens more sharply than ℓ2 ({ps} probes)",
+                             "metric": "E5 mean normalised score", "a": a_name, "b": b_name,
+                             "va": [r["e5"][ps]["mean_score"] for r in a], "vb": [r["e5"][ps]["mean_score"] for r in b],
+                             "higher": True, "paper": "0.439 vs 0.312 (size 6, 1 model each)"})
+        tests = [welch(r["va"], r["vb"]) for r in rows]
+        adjusted = holm([t.p for t in tests])
+        for r, t, padj in zip(rows, tests, adjusted):
+            out.append({k: v for k, v in r.items() if k not in ("va", "vb")} | {
+                "dataset": dataset, "protocol": protocol, "size": size, "test": t, "p_holm": padj,
+                "mean_a": sample_stats(r["va"]), "mean_b": sample_stats(r["vb"]),
+                "verdict": verdict(t, padj, r["higher"])})
+    return out
+
+
+def _paper_gap(dataset: str, size: int, other: str) -> str:
+    if dataset != "imdb" or not other.startswith("md"):
+        return "–"
+    a, b = PAPER_E3.get((1.1, size)), PAPER_E3.get((float(other[2:]), size))
+    return "–" if a is None or b is None else f"{a[0] - b[0]:+.2f} (best test, 10 seeds)"
+
+
+def format_verdicts(rows: list[dict]) -> str:
+    def ms(x):
+        m, sd, n = x
+        return f"{fmt(m, sd, 2)} (n={n})"
+
+    def num(x, d=3):
+        return "–" if x is None or not math.isfinite(x) else f"{x:.{d}g}"
+
+    body = []
+    for r in rows:
+        t = r["test"]
+        ci = "–" if not math.isfinite(t.ci_lo) else f"{t.diff:+.3g} [{t.ci_lo:+.3g}, {t.ci_hi:+.3g}]"
+        dropped = t.dropped_a + t.dropped_b
+        body.append([f"{r['dataset']} {r['protocol']} size {r['size']}", r["claim"], r["metric"], ms(r["mean_a"]),
+                     ms(r["mean_b"]), ci, num(t.p), num(r["p_holm"]), r["verdict"], r["paper"],
+                     str(dropped) if dropped else ""])
+    return "\n".join([
+        "## Verdicts — the paper's claims, tested between our cells", "",
+        markdown_table(["table", "claim", "metric", "ℓ1.1 cell", "other cell", "difference [95 % CI]", "Welch p",
+                        "Holm p", "verdict", "paper (context)", "missing"], body) if body else "no testable claim yet",
+        "", "Welch's two-sample t-test between the two cells' trials (unequal variances, Welch–Satterthwaite degrees "
+        "of freedom), Holm's correction across the claims of one (dataset, protocol, size) table, α = 0.05. holds: "
+        "significant in the claimed direction; fails: significant the other way; inconclusive: not significant; "
+        "–: fewer than two finite values in a cell. Missing or non-finite values are dropped and counted in the last "
+        "column. The paper's numbers are context measured at its scale, never the reference of a test."])
 
 
 def _ref(ref) -> str:
@@ -275,5 +362,5 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Aggregate", "aggregate", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
+__all__ = ["Aggregate", "aggregate", "claims", "format_verdicts", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
            "mean_histograms", "E5_PAPER"]
