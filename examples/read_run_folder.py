@@ -2,17 +2,20 @@
 
     python examples/read_run_folder.py runs/demo/e1      # a folder written by `attnopt demo`
     python examples/read_run_folder.py                   # runs a small E1 first (a few seconds)
+
+A folder that is not a run, or whose config.json or summary.json was damaged or hand-edited,
+prints one line ``error: …`` naming the file, and the script exits with code 2.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from attnopt.report.runs import is_complete
+from attnopt.errors import UserError
+from attnopt.report.runs import load_run
 
 
 def small_run(folder: Path) -> Path:
@@ -22,20 +25,29 @@ def small_run(folder: Path) -> Path:
     return folder
 
 
-def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else small_run(Path(tempfile.mkdtemp()) / "e1")
-    record = json.loads((folder / "config.json").read_text())
-    print(f"{folder}: experiment {record['config'].get('experiment')!r}, attnopt {record['meta']['attnopt_version']}, "
-          f"{'complete' if is_complete(folder) else 'NOT complete (interrupted or running)'}")
-    summary = json.loads((folder / "summary.json").read_text())
-    for key, s in summary.get("per_p", {}).items():
+def show(folder: Path) -> None:
+    run = load_run(folder)
+    print(f"{folder}: experiment {run.experiment!r}, attnopt {run.meta.get('attnopt_version', '?')}, "
+          f"{'complete' if run.complete else 'NOT complete (interrupted or running)'}")
+    for key, s in (run.summary or {}).get("per_p", {}).items():
         print(f"  p = {key}: final directional divergence {s['divergence_final_mean']:.4g} "
               f"± {s['divergence_final_std']:.2g} over {s['seeds_used']} seeds")
     for name in sorted(p.name for p in folder.glob("*.csv")):
         with open(folder / name, newline="") as fh:
             rows = list(csv.DictReader(fh))
-        print(f"  {name}: {len(rows)} rows, columns {list(rows[0])[:6]}{' …' if len(rows[0]) > 6 else ''}")
+        columns = list(rows[0]) if rows else []
+        print(f"  {name}: {len(rows)} rows, columns {columns[:6]}{' …' if len(columns) > 6 else ''}")
+
+
+def main() -> int:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else small_run(Path(tempfile.mkdtemp()) / "e1")
+    try:
+        show(folder)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,7 @@ values, and checkpoint loading that never runs code from the file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -22,7 +23,7 @@ import threading
 from pathlib import Path
 from typing import Any, Mapping
 
-from attnopt.errors import CheckpointError
+from attnopt.errors import CheckpointError, FolderError, UserError, storage_error
 
 _umask_lock = threading.Lock()
 
@@ -34,21 +35,48 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename)."""
+def writable_folder(path: str | os.PathLike, what: str, option: str, error: type[FolderError] = FolderError) -> Path:
+    """``path`` as a folder this process can write (created if missing), or ``error``: one line
+    naming ``what`` it is and the ``option`` that chose it ("cache folder", "--cache")."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.exists() and not path.is_dir():
+        raise error(f"{what} {path} is a file, not a folder; choose another {option}")
     try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise error(f"cannot create {what} {path}: {exc.strerror or exc}; choose another {option}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        try:
+            why = " (read-only file system)" if os.statvfs(path).f_flag & os.ST_RDONLY else ""
+        except OSError:
+            why = ""
+        raise error(f"{what} {path} is not writable{why}; choose another {option}")
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temporary file + fsync + rename).
+
+    A fault of the file system (no space, read-only, permissions …) raises
+    :class:`~attnopt.errors.StorageError` naming ``path``; the previous file, if any, is kept
+    and no temporary file is left behind."""
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fchmod(fh.fileno(), _file_mode())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, "cannot write", path) from None
         raise
     return path
 
@@ -83,6 +111,28 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: Any = "cpu", hint:
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first}){suffix}") from None
+
+
+def read_json(path: str | os.PathLike, error: type[UserError] = UserError) -> Any:
+    """The JSON value in ``path``; a missing file, a file that is not valid JSON (hand-edited,
+    truncated) or a read fault is ``error`` (a :class:`~attnopt.errors.StorageError` for a
+    fault of the file system) with one line naming the file and what is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise error(f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder, not a JSON file") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte {exc.start}); it was damaged or is not attnopt's") from None
+    except OSError as exc:
+        raise storage_error(exc, "cannot read", path) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        what = "is empty" if not text.strip() else f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        raise error(f"{path} {what}; it was edited or damaged") from None
 
 
 def jsonable(obj: Any) -> Any:

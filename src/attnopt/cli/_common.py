@@ -2,8 +2,12 @@
 option parsers and the one error policy.
 
 Error policy: a :class:`~attnopt.errors.UserError` (config, data, run folder, checkpoint …)
-or a click usage error is printed as one line ``error: …`` on stderr with exit code 2; Ctrl-C
-exits 130 with a line saying what was kept; anything else is a bug and shows its traceback.
+or a click usage error is printed as one line ``error: …`` on stderr with exit code 2; a
+fault of the file system (no space left, read-only, permission denied, I/O error:
+:class:`~attnopt.errors.StorageError` or an ``OSError`` with one of
+:data:`~attnopt.errors.STORAGE_ERRNOS`) is one line with exit code 1, saying that the run
+folder is not marked complete; Ctrl-C exits 130 with a line saying what was kept; anything
+else is a bug and shows its traceback.
 ``attnopt --debug …`` (or ``ATTNOPT_DEBUG=1``) shows the traceback of user errors too.
 """
 
@@ -19,7 +23,7 @@ from typing import Annotated, Any, Iterator, Optional
 import typer
 from typer.core import TyperGroup
 
-from attnopt.errors import UserError
+from attnopt.errors import STORAGE_ERRNOS, StorageError, UserError, storage_error
 from attnopt.runtime import ProgressFn
 
 #: set by ``attnopt --debug``
@@ -51,6 +55,9 @@ class AttnoptGroup(TyperGroup):
             rv = super().main(args=args, prog_name=prog_name or "attnopt", complete_var=complete_var,
                               standalone_mode=False, **extra)
         except Exception as exc:
+            if standalone_mode and not DEBUG["on"] and _reportable(exc):  # outside any guard()
+                err = exc if isinstance(exc, UserError) else storage_error(exc, "file-system error on")
+                sys.exit(fail(str(err), err.exit_code).exit_code)
             if _is(exc, "NoArgsIsHelpError"):  # `attnopt synthetic`: the help, not an error
                 typer.echo(exc.format_message())  # type: ignore[attr-defined]
                 rv = 0
@@ -70,16 +77,26 @@ def new_app(help: str) -> typer.Typer:
     return typer.Typer(help=help, no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
 
+def _reportable(exc: BaseException) -> bool:
+    """A user error, or a file-system fault the user can fix (not a bug's OSError)."""
+    return isinstance(exc, UserError) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
+
+
 @contextmanager
 def guard(out: Optional[Path] = None, *, resumable: bool = False) -> Iterator[None]:
     """The error policy around a command's work.  ``out``: the run folder the work writes
     (named in the interrupt message, with what a rerun does)."""
     try:
         yield
-    except UserError as exc:
-        if DEBUG["on"]:
+    except (UserError, OSError) as exc:
+        if DEBUG["on"] or not _reportable(exc):
             raise
-        raise fail(str(exc), exc.exit_code) from None
+        if isinstance(exc, OSError):
+            exc = storage_error(exc, "file-system error on")
+        kept = ""
+        if isinstance(exc, StorageError) and out is not None:
+            kept = f"; {out} is not marked complete: the same command {'resumes' if resumable else 'redoes'} it"
+        raise fail(f"{exc}{kept}", exc.exit_code) from None
     except KeyboardInterrupt:
         if out is None:
             raise fail("interrupted; nothing was written", 130) from None

@@ -43,6 +43,7 @@ import numpy as np
 
 from attnopt.data.shared import CHECKSUMS, DataError, shared_file
 from attnopt.errors import UserError
+from attnopt.files import atomic_write_bytes, writable_folder
 from attnopt.paths import CACHE_ENV_VAR, cache_dir
 from attnopt.runtime import ProgressFn
 
@@ -301,8 +302,6 @@ def cache_key(dataset: str, max_len: int, subset: int | None, eval_subset: int |
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from attnopt.files import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
@@ -352,6 +351,8 @@ def load_reviews(dataset: str = "imdb", max_len: int = 512, subset: int | None =
     name, key_text = cache_key(dataset, max_len, subset, eval_subset, data_seed, clean_html, data_root, final_test)
     names = SPLITS + (("final",) if final_test is not None else ())
     path = cache_dir(cache) / name
+    if use_cache:  # before tokenising: a cache that cannot be written fails now, not minutes later
+        writable_folder(path.parent, "cache folder", "--cache (or $ATTNOPT_CACHE)")
     splits: dict[str, TokenizedSplit] | None = None
     if use_cache and path.is_file():
         try:

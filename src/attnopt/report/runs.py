@@ -24,13 +24,14 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from attnopt.errors import RunFolderError
-from attnopt.files import atomic_torch_save, atomic_write_bytes, jsonable, to_json
+from attnopt.files import atomic_torch_save, atomic_write_bytes, jsonable, read_json, to_json, writable_folder
 
-__all__ = ["RunDir", "open_run_dir", "as_run_dir", "make_run_dir", "default_run_path", "is_complete", "read_summary",
+__all__ = ["RunDir", "RunRecord", "load_run", "open_run_dir", "as_run_dir", "make_run_dir", "default_run_path", "is_complete", "read_summary",
            "atomic_write_bytes", "atomic_torch_save", "to_json", "jsonable"]
 
 
@@ -111,14 +112,48 @@ class RunDir:
 
 
 def _mkdir(path: Path) -> None:
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"run folder {path} is a file, not a folder; choose another --out")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunFolderError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise RunFolderError(f"run folder {path} is not writable; choose another --out")
+    writable_folder(path, "run folder", "--out", RunFolderError)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a run folder records: its configuration (led by ``"experiment"``), the meta data
+    (package version, time, host) and the summary (``None`` while it has none)."""
+
+    path: Path
+    config: dict
+    meta: dict
+    summary: dict | None
+
+    @property
+    def experiment(self) -> str | None:
+        return self.config.get("experiment")
+
+    @property
+    def complete(self) -> bool:
+        return isinstance(self.summary, dict) and self.summary.get("complete") is True
+
+
+def load_run(path: str | os.PathLike) -> RunRecord:
+    """The :class:`RunRecord` of the run folder ``path``.
+
+    Raises :class:`~attnopt.errors.RunFolderError` (one line naming the file) when the folder
+    does not exist, has no config.json, or its config.json or summary.json is not valid JSON
+    or lacks what attnopt writes; a run without summary.json (running or interrupted) is not
+    an error: its ``summary`` is None."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"run folder {path} {'is a file' if path.exists() else 'does not exist'}")
+    if not (path / "config.json").exists():
+        raise RunFolderError(f"{path} holds no config.json: it is not an attnopt run folder")
+    record = read_json(path / "config.json", RunFolderError)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunFolderError(f"{path / 'config.json'} has no \"config\" object; it was edited or is not attnopt's")
+    meta = record.get("meta")
+    summary = read_json(path / "summary.json", RunFolderError) if (path / "summary.json").exists() else None
+    if summary is not None and not isinstance(summary, dict):
+        raise RunFolderError(f"{path / 'summary.json'} is not a JSON object; it was edited or is not attnopt's")
+    return RunRecord(path, record["config"], meta if isinstance(meta, dict) else {}, summary)
 
 
 def read_summary(path: str | os.PathLike) -> dict | None:
@@ -170,10 +205,16 @@ def open_run_dir(path: str | os.PathLike, config: Any, *, experiment: str | None
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"run folder {path} is a file, not a folder; choose another --out")
+    if path.is_dir():
+        writable_folder(path, "run folder", "--out", RunFolderError)
     busy = path.is_dir() and any(path.iterdir())
     if busy:
-        stored = _stored_config(path)
         is_run = (path / "config.json").is_file()
+        stored = _stored_config(path)
+        if is_run and stored is None and not overwrite:
+            read_json(path / "config.json", RunFolderError)  # says what is wrong with it
+            raise RunFolderError(f"{path / 'config.json'} records no configuration; pass --overwrite to replace "
+                                 "the run, or choose another --out")
         same = is_run and stored == json.loads(to_json(_recorded(config, experiment)))
         if overwrite:
             if not is_run:

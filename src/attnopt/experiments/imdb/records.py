@@ -159,13 +159,18 @@ def find_records(root: Path) -> list[Path]:
 def read_record(path: Path) -> dict:
     """A record as plain data: config (the run's identity), summary, history columns, e4, e5."""
     path = Path(path)
-    cfg = json.loads((path / "config.json").read_text())["config"]
+    def part(name: str) -> dict:
+        value = read_json(path / name, RunFolderError)
+        if not isinstance(value, dict):
+            raise RunFolderError(f"{path / name} is not a JSON object; it was edited or is not attnopt's")
+        return value
+
+    cfg = part("config.json").get("config")
     with (path / "history.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     hist = {k: np.asarray([float(r[k]) for r in rows]) for k in (rows[0] if rows else {})}
-    return {"path": path, "config": cfg, "summary": json.loads((path / "summary.json").read_text()),
-            "history": hist, "e4": json.loads((path / "e4.json").read_text()),
-            "e5": json.loads((path / "e5.json").read_text())}
+    return {"path": path, "config": cfg, "summary": part("summary.json"), "history": hist,
+            "e4": part("e4.json"), "e5": part("e5.json")}
 
 
 def record_size(path: Path) -> int:

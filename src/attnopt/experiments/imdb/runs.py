@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from attnopt.errors import RunFolderError
+from attnopt.files import read_json
 from attnopt.report.tables import sample_stats
 from attnopt.experiments.imdb.checkpoint import CHECKPOINT, model_state
 from attnopt.experiments.imdb.config import PAPER_E3, RESUME_MUTABLE, TrainConfig
@@ -29,10 +30,12 @@ from attnopt.report.tables import fmt
 
 
 def _stored(path: Path) -> dict | None:
-    try:
-        stored = json.loads((path / "config.json").read_text()).get("config")
-    except (OSError, ValueError, AttributeError):
+    """The recorded configuration of the folder ``path``; None when it has no config.json.  A
+    config.json that is not valid JSON is a RunFolderError naming it (never skipped quietly)."""
+    if not (path / "config.json").is_file():
         return None
+    record = read_json(path / "config.json", RunFolderError)
+    stored = record.get("config") if isinstance(record, dict) else None
     return stored if isinstance(stored, dict) else None
 
 
@@ -51,11 +54,10 @@ def read_run(path: str | os.PathLike) -> tuple[TrainConfig, dict]:
         raise RunFolderError(f"{path} is not an IMDB training run folder (no config.json of `imdb train`)")
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
-    try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = {}
-    return cfg, summary if isinstance(summary, dict) else {}
+    summary = read_json(path / "summary.json", RunFolderError) if (path / "summary.json").is_file() else {}
+    if not isinstance(summary, dict):
+        raise RunFolderError(f"{path / 'summary.json'} is not a JSON object; it was edited or is not attnopt's")
+    return cfg, summary
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[EncoderClassifier, TrainConfig]:
