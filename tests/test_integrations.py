@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +289,22 @@ def test_lightning_trains_and_resumes_mid_epoch_exactly(lightning, tmp_path, p):
     assert resumed.losses == full.losses[12:]
     for (name, want), got in zip(full.named_parameters(), resumed.parameters()):
         assert torch.equal(want, got), name
+
+
+# -- the docs page ---------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated")
+@pytest.mark.filterwarnings("ignore:The 'train_dataloader' does not have many workers")
+def test_docs_integrations_snippets_run(hf, lightning, tmp_path, monkeypatch):
+    """docs/integrations.md's Python blocks run as written, in order, in one namespace (their
+    own asserts check the wrappers and the resumed weights)."""
+    page = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 3, "docs/integrations.md lost an example"
+    monkeypatch.chdir(tmp_path)  # the examples write hf-out/ and lightning-out/ where they run
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own docs
+    assert isinstance(namespace["opt"], MirrorDescent)
+    assert namespace["again"].state.global_step == 12
