@@ -34,9 +34,13 @@ SEQ, VOCAB = 8, 32
 def hf():
     transformers = pytest.importorskip("transformers", reason="transformers is in the test extra")
     pytest.importorskip("accelerate", reason="accelerate (the Trainer's backend) is in the test extra")
+    verbosity, bars = transformers.logging.get_verbosity(), transformers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()  # the bar of save_pretrained's shards
-    return transformers
+    yield transformers
+    transformers.logging.set_verbosity(verbosity)
+    if bars:
+        transformers.utils.logging.enable_progress_bar()
 
 
 class _Counting(torch.utils.data.Dataset):
