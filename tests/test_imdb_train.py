@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from attnopt.errors import CheckpointError, RunFolderError, UserError
 from attnopt.experiments import imdb

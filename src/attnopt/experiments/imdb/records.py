@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from attnopt.errors import RunFolderError
+from attnopt.files import read_json
 from attnopt.experiments.imdb.attention import score_probe
 from attnopt.experiments.imdb.batching import DeviceSplit
 from attnopt.experiments.imdb.probe import authors_probes, probe_reviews

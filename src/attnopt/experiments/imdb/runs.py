@@ -10,7 +10,6 @@ configuration and seed) counts once.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from dataclasses import fields
 from pathlib import Path
