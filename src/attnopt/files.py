@@ -135,6 +135,15 @@ def read_json(path: str | os.PathLike, error: type[UserError] = UserError) -> An
         raise error(f"{path} {what}; it was edited or damaged") from None
 
 
+def read_json_object(path: str | os.PathLike, error: type[UserError] = UserError) -> dict:
+    """:func:`read_json` of a file that must hold a JSON object (what attnopt's config.json,
+    summary.json and record files hold)."""
+    value = read_json(path, error)
+    if not isinstance(value, dict):
+        raise error(f"{path} is not a JSON object; it was edited or is not attnopt's")
+    return value
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` with dataclasses, numpy/torch values and paths turned into JSON types
     (NaN → null, ±inf → "inf"/"-inf")."""

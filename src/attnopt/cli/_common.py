@@ -56,7 +56,7 @@ class AttnoptGroup(TyperGroup):
                               standalone_mode=False, **extra)
         except Exception as exc:
             if standalone_mode and not DEBUG["on"] and _reportable(exc):  # outside any guard()
-                err = exc if isinstance(exc, UserError) else storage_error(exc, "file-system error on")
+                err = _as_user_error(exc)
                 sys.exit(fail(str(err), err.exit_code).exit_code)
             if _is(exc, "NoArgsIsHelpError"):  # `attnopt synthetic`: the help, not an error
                 typer.echo(exc.format_message())  # type: ignore[attr-defined]
@@ -82,6 +82,11 @@ def _reportable(exc: BaseException) -> bool:
     return isinstance(exc, UserError) or (isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)
 
 
+def _as_user_error(exc: BaseException) -> UserError:
+    """A reportable exception as the UserError the policy prints (a bare OSError: StorageError)."""
+    return exc if isinstance(exc, UserError) else storage_error(exc, "file-system error on")
+
+
 @contextmanager
 def guard(out: Optional[Path] = None, *, resumable: bool = False) -> Iterator[None]:
     """The error policy around a command's work.  ``out``: the run folder the work writes
@@ -91,8 +96,7 @@ def guard(out: Optional[Path] = None, *, resumable: bool = False) -> Iterator[No
     except (UserError, OSError) as exc:
         if DEBUG["on"] or not _reportable(exc):
             raise
-        if isinstance(exc, OSError):
-            exc = storage_error(exc, "file-system error on")
+        exc = _as_user_error(exc)
         kept = ""
         if isinstance(exc, StorageError) and out is not None:
             kept = f"; {out} is not marked complete: the same command {'resumes' if resumable else 'redoes'} it"

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from attnopt.errors import RunFolderError
-from attnopt.files import atomic_torch_save, atomic_write_bytes, jsonable, read_json, to_json, writable_folder
+from attnopt.files import (atomic_torch_save, atomic_write_bytes, jsonable, read_json, read_json_object, to_json,
+                           writable_folder)
 
 __all__ = ["RunDir", "RunRecord", "load_run", "open_run_dir", "as_run_dir", "make_run_dir", "default_run_path", "is_complete", "read_summary",
            "atomic_write_bytes", "atomic_torch_save", "to_json", "jsonable"]
@@ -150,9 +151,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         raise RunFolderError(f"{path / 'config.json'} has no \"config\" object; it was edited or is not attnopt's")
     meta = record.get("meta")
-    summary = read_json(path / "summary.json", RunFolderError) if (path / "summary.json").exists() else None
-    if summary is not None and not isinstance(summary, dict):
-        raise RunFolderError(f"{path / 'summary.json'} is not a JSON object; it was edited or is not attnopt's")
+    summary = read_json_object(path / "summary.json", RunFolderError) if (path / "summary.json").exists() else None
     return RunRecord(path, record["config"], meta if isinstance(meta, dict) else {}, summary)
 
 
@@ -203,10 +202,8 @@ def open_run_dir(path: str | os.PathLike, config: Any, *, experiment: str | None
     :class:`~attnopt.errors.RunFolderError` when the folder may not be used.
     """
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise RunFolderError(f"run folder {path} is a file, not a folder; choose another --out")
-    if path.is_dir():
-        writable_folder(path, "run folder", "--out", RunFolderError)
+    if path.exists():
+        _mkdir(path)  # a file, or a folder that cannot be written, is refused here
     busy = path.is_dir() and any(path.iterdir())
     if busy:
         is_run = (path / "config.json").is_file()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from attnopt.errors import RunFolderError
-from attnopt.files import read_json
+from attnopt.files import read_json_object
 from attnopt.experiments.imdb.attention import score_probe
 from attnopt.experiments.imdb.batching import DeviceSplit
 from attnopt.experiments.imdb.probe import authors_probes, probe_reviews
@@ -161,10 +161,7 @@ def read_record(path: Path) -> dict:
     """A record as plain data: config (the run's identity), summary, history columns, e4, e5."""
     path = Path(path)
     def part(name: str) -> dict:
-        value = read_json(path / name, RunFolderError)
-        if not isinstance(value, dict):
-            raise RunFolderError(f"{path / name} is not a JSON object; it was edited or is not attnopt's")
-        return value
+        return read_json_object(path / name, RunFolderError)
 
     cfg = part("config.json").get("config")
     with (path / "history.csv").open(newline="") as fh:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from attnopt.errors import RunFolderError
-from attnopt.files import read_json
+from attnopt.files import read_json, read_json_object
 from attnopt.report.tables import sample_stats
 from attnopt.experiments.imdb.checkpoint import CHECKPOINT, model_state
 from attnopt.experiments.imdb.config import PAPER_E3, RESUME_MUTABLE, TrainConfig
@@ -53,9 +53,7 @@ def read_run(path: str | os.PathLike) -> tuple[TrainConfig, dict]:
         raise RunFolderError(f"{path} is not an IMDB training run folder (no config.json of `imdb train`)")
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig.from_dict({k: v for k, v in stored.items() if k in known})
-    summary = read_json(path / "summary.json", RunFolderError) if (path / "summary.json").is_file() else {}
-    if not isinstance(summary, dict):
-        raise RunFolderError(f"{path / 'summary.json'} is not a JSON object; it was edited or is not attnopt's")
+    summary = read_json_object(path / "summary.json", RunFolderError) if (path / "summary.json").is_file() else {}
     return cfg, summary
 
 
