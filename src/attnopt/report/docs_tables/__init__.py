@@ -77,12 +77,12 @@ Generator = Callable[[Records], str]
 
 
 def _registry() -> tuple[dict[str, Generator], list[Callable[[Records], list[Claim]]], dict[str, str]]:
-    from attnopt.report.docs_tables import synthetic, synthetic_claims
+    from attnopt.report.docs_tables import synthetic, synthetic_claims, vision
 
     tables: dict[str, Generator] = {}
     claims = []
     unrecorded: dict[str, str] = dict(UNRECORDED)
-    for mod in (synthetic, synthetic_claims):
+    for mod in (synthetic, synthetic_claims, vision):
         for name, fn in getattr(mod, "TABLES", {}).items():
             if name in tables:  # pragma: no cover - a programming error
                 raise ValueError(f"table {name} defined twice")
