@@ -241,10 +241,32 @@ def timing(rec: Records) -> str:
                            "per-seed baseline, extrapolated to 100 seeds", "training speed-up of batching"], rows)
 
 
+# ---------------------------------------------------------------------------------- perturbation
+
+
+def _pert_rows(rec: Records) -> list[dict]:
+    return rec.json(f"{R}/e1_perturbation/perturbation.json")["rows"]
+
+
+def perturbation(rec: Records) -> str:
+    rows, groups = [], {}
+    for r in _pert_rows(rec):
+        groups.setdefault((r["step"], r["p"]), []).append(r)
+    deltas = list(dict.fromkeys(r["delta"] for r in _pert_rows(rec)))
+    for (step, p), rs in groups.items():
+        by = {(r["target"], r["delta"]): r for r in rs}
+        cells = [" / ".join(f"{by[(t, d)]['change_max']:.2g}" for d in deltas) for t in ("W0", "data")]
+        rows.append([step, _g(p), fmt(rs[0]["mean"], rs[0]["std"]), *cells,
+                     f"{sum(r['seeds_alpha_changed'] for r in rs)} of {len(rs) * rs[0]['seeds_compared']}"])
+    ds = " / ".join(f"{d:.0e}".replace("e-0", "e-") for d in deltas)
+    return markdown_table(["step", "p", "D final (as run)", f"largest change of a seed's D, W(0) perturbed by δ = {ds}",
+                           f"the same, data perturbed by δ = {ds}", "(seed, perturbation) pairs with other α"], rows)
+
+
 TABLES = {
     "synthetic.donewhen": donewhen, "synthetic.matrix": matrix_doc, "synthetic.rates": rates,
     "synthetic.psweep": psweep, "synthetic.path": path, "synthetic.joint": joint, "synthetic.kq": kq_doc,
-    "synthetic.kq-drift": kq_drift, "synthetic.eps": eps, "synthetic.timing": timing,
+    "synthetic.kq-drift": kq_drift, "synthetic.eps": eps, "synthetic.perturbation": perturbation, "synthetic.timing": timing,
     "readme.e1-matrix": matrix_readme, "readme.e2": lambda rec: joint(rec, readme=True), "readme.e7": kq_readme,
 }
 
