@@ -17,13 +17,12 @@ both with the pages; :func:`write` rewrites the blocks (``python -m attnopt.repo
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
 from attnopt.files import atomic_write_bytes
+from attnopt.report.docs_tables.records import Claim, Records, RecordsError
 
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w.-]+) -->\n\n(?P<body>.*?)\n\n<!-- /table -->", re.S)
 OPEN = re.compile(r"<!-- table:([\w.-]+) -->")
@@ -35,43 +34,6 @@ README_RESULTS = ("## Results compared with the papers", "## Documentation, exam
 #: Header lines of results tables with no committed record behind them, and why (filled from
 #: :mod:`attnopt.report.docs_tables.unrecorded`).
 UNRECORDED: dict[str, str] = {}
-
-
-class RecordsError(Exception):
-    """A record the docs' tables are built from is missing or unreadable."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A fragment of prose, built from the records, that ``page`` must contain."""
-
-    page: str
-    text: str
-
-
-class Records:
-    """Reads JSON records under ``root`` (the repository), once each."""
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self._cache: dict[str, object] = {}
-
-    def json(self, rel: str):
-        if rel not in self._cache:
-            path = self.root / rel
-            try:
-                self._cache[rel] = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise RecordsError(f"missing record {rel} under {self.root}") from None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise RecordsError(f"cannot read record {rel}: {exc}") from None
-        return self._cache[rel]
-
-    def text(self, rel: str) -> str:
-        try:
-            return (self.root / rel).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecordsError(f"cannot read {rel}: {exc}") from None
 
 
 Generator = Callable[[Records], str]

@@ -3,7 +3,7 @@ vision section, from the run folders under ``results/vision/digits/`` (per-seed 
 
 from __future__ import annotations
 
-from attnopt.report.docs_tables import Claim, Records
+from attnopt.report.docs_tables.records import Claim, Records
 from attnopt.report.stats import welch
 from attnopt.report.tables import markdown_table, sample_stats
 
@@ -140,8 +140,8 @@ def claims(rec: Records) -> list[Claim]:
     under = sum(a["weights"][m]["above_threshold"] < b["weights"][m]["above_threshold"]
                 for m in QKV for a, b in zip(md, seeds(rec, "adam-lr1e-3")))
     out.append(Claim(DOC, f"ℓ1.1-MD is below Adam lr 1e-3 in {under} of 9 cases"))
-    near = {run: [_mean([s[k][m]["frac_near_zero"] for s in seeds(rec, run)]) * 100 for m in QKV]
-            for run in ("md", "adam-lr1e-3") for k in ("weights",)}
+    near = {run: [_mean([s["weights"][m]["frac_near_zero"] for s in seeds(rec, run)]) * 100 for m in QKV]
+            for run in ("md", "adam-lr1e-3")}
     init = [_mean([s["weights_init"][m]["frac_near_zero"] for s in md]) * 100 for m in QKV]
     out.append(Claim(DOC, "from " + " / ".join(f"{x:.2f}" for x in init) + " % to "
                      + " / ".join(f"{x:.2f}" for x in near["md"]) + " %"))
