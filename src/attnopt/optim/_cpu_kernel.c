@@ -12,7 +12,9 @@
  * scale, through the momentum buffer when mu != 0), the dual update
  * theta <- decay*theta + alpha*d, then the inverse map w = sign(theta)|theta|^e clamped to
  * the weight dtype's largest value.
- * Each element of g and theta is read once and theta and w are written once; float32
+ * Each element of g and theta is read once and theta and w are written once (w only where
+ * theta moved: the round trip w -> theta -> w is not exact, so an entry whose theta did not
+ * change keeps its bits; masked stores, w is never read); float32
  * weights are written with non-temporal stores where the CPU has them, so the write of w
  * does not first read w into the cache (16 bytes moved per element instead of 20).
  *
@@ -257,23 +259,6 @@ static void pow_block_f64(float *restrict m, int L, double e) {
     }
 }
 
-static void store_w_f32(float *restrict w, const float *restrict v, int L, int stream) {
-    int j = 0;
-    (void)stream; /* no streaming store below AVX */
-#if defined(__AVX512F__)
-    if (stream) {
-        for (; j < L && ((uintptr_t)(w + j) & 63); j++) w[j] = v[j];
-        for (; j + 16 <= L; j += 16) _mm512_stream_ps(w + j, _mm512_loadu_ps(v + j));
-    }
-#elif defined(__AVX__)
-    if (stream) {
-        for (; j < L && ((uintptr_t)(w + j) & 31); j++) w[j] = v[j];
-        for (; j + 8 <= L; j += 8) _mm256_stream_ps(w + j, _mm256_loadu_ps(v + j));
-    }
-#endif
-    for (; j < L; j++) w[j] = v[j];
-}
-
 typedef struct {
     int ntensors;
     void **w;            /* weights (float32 or bfloat16); == theta for a tensor that is its own dual */
@@ -338,6 +323,41 @@ static inline void vstore(float *w, v16f r, int stream) {
     memcpy(w, &r, sizeof r);
 }
 
+/* w <- r in the lanes where theta moved (tnew != told), the other lanes of w untouched (not
+ * even read): the round trip w -> theta -> w is not exact, so an unmoved entry keeps its bits.
+ * A vector whose lanes all moved (the usual case) takes the plain (streaming) store. */
+static inline void vstore_changed(float *w, v16f r, v16f tnew, v16f told, int stream) {
+#if defined(__AVX512F__)
+    __mmask16 m = _mm512_cmp_ps_mask((__m512)tnew, (__m512)told, _CMP_NEQ_UQ);
+    if (m == 0xffff) { vstore(w, r, stream); return; }
+    if (m) _mm512_mask_storeu_ps(w, m, (__m512)r);
+#elif defined(__AVX__)
+    __m256 c = _mm256_cmp_ps((__m256)tnew, (__m256)told, _CMP_NEQ_UQ);
+    int m = _mm256_movemask_ps(c);
+    if (m == 0xff) { vstore(w, r, stream); return; }
+    if (m) _mm256_maskstore_ps(w, _mm256_castps_si256(c), (__m256)r);
+#else
+    (void)stream;
+    for (int k = 0; k < VF_LANES; k++)
+        if (tnew[k] != told[k]) w[k] = r[k];
+#endif
+}
+
+/* w[j] <- v[j] where th[j] != t0[j] (the new and old theta), j < L */
+static void store_w_f32_changed(float *restrict w, const float *restrict v, const float *restrict th,
+                                const float *restrict t0, int L, int stream) {
+    int j = 0;
+    for (; j + VF_LANES <= L; j += VF_LANES) {
+        v16f r, a, b;
+        memcpy(&r, v + j, sizeof r);
+        memcpy(&a, th + j, sizeof a);
+        memcpy(&b, t0 + j, sizeof b);
+        vstore_changed(w + j, r, a, b, stream);
+    }
+    for (; j < L; j++)
+        if (th[j] != t0[j]) w[j] = v[j];
+}
+
 static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, const pow_params *P, float omax) {
     const v16u SIGN = (v16u){0} + 0x80000000u;
     v16f a = (v16f)((v16u)t & ~SIGN), r;
@@ -380,22 +400,23 @@ static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w
     P = &Q;
     int64_t i = 0;
     for (; i + VF_LANES <= n; i += VF_LANES) {
-        v16f gv, tv;
+        v16f gv, t0, tv;
         memcpy(&gv, g + i, sizeof gv);
-        memcpy(&tv, theta + i, sizeof tv);
-        tv = tv + alpha * gv;
+        memcpy(&t0, theta + i, sizeof t0);
+        tv = t0 + alpha * gv;
         memcpy(theta + i, &tv, sizeof tv);
-        vstore(w + i, vinverse(tv, kind, P, omax), stream);
+        vstore_changed(w + i, vinverse(tv, kind, P, omax), tv, t0, stream);
     }
     if (i < n) { /* the ragged tail through a zero-padded vector */
         int rest = (int)(n - i);
-        v16f gv = {0}, tv = {0}, r;
+        v16f gv = {0}, t0 = {0}, tv, r;
         memcpy(&gv, g + i, rest * sizeof(float));
-        memcpy(&tv, theta + i, rest * sizeof(float));
-        tv = tv + alpha * gv;
+        memcpy(&t0, theta + i, rest * sizeof(float));
+        tv = t0 + alpha * gv;
         r = vinverse(tv, kind, P, omax);
         memcpy(theta + i, &tv, rest * sizeof(float));
-        memcpy(w + i, &r, rest * sizeof(float));
+        for (int k = 0; k < rest; k++)
+            if (tv[k] != t0[k]) w[i + k] = r[k];
     }
 }
 
@@ -430,6 +451,7 @@ static void inverse_vectors(float *restrict m, const float *restrict th, int L, 
 static void process(const md_args *A, int t, int64_t s, int64_t end) {
     float d[BLK] __attribute__((aligned(64)));
     float th[BLK] __attribute__((aligned(64)));
+    float t0[BLK] __attribute__((aligned(64))); /* theta before the update: w is written where it moved */
     float m[BLK] __attribute__((aligned(64)));
     float *theta = A->theta[t];
     float *buf = A->buf ? A->buf[t] : NULL;
@@ -475,7 +497,7 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         /* 1. the dual update: th = theta = decay*theta + alpha*d */
         if (plain) { /* the common case in one pass */
             const float *g = (const float *)A->g[t] + b;
-            for (j = 0; j < L; j++) { float x = tt[j] + alpha * g[j]; tt[j] = x; th[j] = x; }
+            for (j = 0; j < L; j++) { float x = tt[j] + alpha * g[j]; t0[j] = tt[j]; tt[j] = x; th[j] = x; }
         } else {
             if (A->g_dtype == DT_F32) {
                 const float *g = (const float *)A->g[t] + b;
@@ -488,7 +510,7 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
                 float *bb = buf + b;
                 for (j = 0; j < L; j++) { bb[j] = mu * bb[j] + d[j]; d[j] = bb[j]; }
             }
-            for (j = 0; j < L; j++) { float x = tt[j] * decay + alpha * d[j]; tt[j] = x; th[j] = x; }
+            for (j = 0; j < L; j++) { float x = tt[j] * decay + alpha * d[j]; t0[j] = tt[j]; tt[j] = x; th[j] = x; }
         }
         if (A->own)
             continue;
@@ -504,10 +526,11 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         }
         /* 3. the weights */
         if (A->w_dtype == DT_F32) {
-            store_w_f32((float *)A->w[t] + b, m, L, A->stream && A->numel[t] >= STREAM_MIN);
+            store_w_f32_changed((float *)A->w[t] + b, m, th, t0, L, A->stream && A->numel[t] >= STREAM_MIN);
         } else {
             uint16_t *w = (uint16_t *)A->w[t] + b;
-            for (j = 0; j < L; j++) w[j] = f32_to_bf16(m[j]);
+            for (j = 0; j < L; j++)
+                if (th[j] != t0[j]) w[j] = f32_to_bf16(m[j]);
         }
     }
 }

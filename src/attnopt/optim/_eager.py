@@ -26,7 +26,15 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from attnopt.optim._math import int_power, inverse_map, inverse_map_into, lq_scale, step_constants, step_scalars
+from attnopt.optim._math import (
+    int_power,
+    inverse_map,
+    inverse_map_into,
+    lq_scale,
+    round_trip_exact,
+    step_constants,
+    step_scalars,
+)
 
 __all__ = ["single_tensor_mirror_descent", "multi_tensor_mirror_descent", "selected_mirror_descent"]
 
@@ -49,14 +57,23 @@ def single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, 
             d, scale = buf, None
         else:
             d = grad
-        if decay != 1.0:
-            theta.mul_(decay)
+        if own:
+            if decay != 1.0:
+                theta.mul_(decay)
+            if scale is None:
+                theta.add_(d, alpha=alpha)
+            else:
+                theta.addcmul_(d, scale, value=alpha)
+            continue
+        # θ out of place, so that the weights are written only where θ moved
+        new = theta.mul(decay) if decay != 1.0 else None
         if scale is None:
-            theta.add_(d, alpha=alpha)
+            new = torch.add(theta, d, alpha=alpha) if new is None else new.add_(d, alpha=alpha)
         else:
-            theta.addcmul_(d, scale, value=alpha)
-        if not own:
-            inverse_map_into(theta, e, param)
+            new = torch.addcmul(theta, d, scale, value=alpha) if new is None else new.addcmul_(d, scale, value=alpha)
+        changed = None if round_trip_exact(e, param.dtype, theta.dtype) else new != theta
+        theta.copy_(new)
+        inverse_map_into(theta, e, param, changed)
 
 
 def multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
@@ -77,15 +94,30 @@ def multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p
             direction, scales = d_bufs, None
         else:
             direction = d_grads
-        if decay != 1.0:
-            torch._foreach_mul_(d_thetas, decay)
-        if scales is None:
-            torch._foreach_add_(d_thetas, direction, alpha=alpha)
-        else:
-            torch._foreach_addcmul_(d_thetas, direction, scales, value=alpha)
         if own:
+            if decay != 1.0:
+                torch._foreach_mul_(d_thetas, decay)
+            if scales is None:
+                torch._foreach_add_(d_thetas, direction, alpha=alpha)
+            else:
+                torch._foreach_addcmul_(d_thetas, direction, scales, value=alpha)
             continue
-        _foreach_inverse_map(d_thetas, d_params, e, kind, n)
+        # θ out of place, so that the weights are written only where θ moved
+        if decay != 1.0:
+            news = torch._foreach_mul(d_thetas, decay)
+            if scales is None:
+                torch._foreach_add_(news, direction, alpha=alpha)
+            else:
+                torch._foreach_addcmul_(news, direction, scales, value=alpha)
+        elif scales is None:
+            news = torch._foreach_add(d_thetas, direction, alpha=alpha)
+        else:
+            news = torch._foreach_addcmul(d_thetas, direction, scales, value=alpha)
+        changed = None
+        if not round_trip_exact(e, d_params[0].dtype, ddtype):
+            changed = [t_new != t for t_new, t in zip(news, d_thetas)]
+        torch._foreach_copy_(d_thetas, news)
+        _foreach_inverse_map(news, d_params, e, kind, n, changed)
 
 
 def _batches(params, grads, thetas, bufs, duals):
@@ -105,8 +137,10 @@ def _batches(params, grads, thetas, bufs, duals):
                        [d_bufs[i] for i in idx], own)
 
 
-def _foreach_inverse_map(thetas: list[Tensor], out: list[Tensor], e: float, kind: str, n: int) -> None:
-    """``out ← sign(θ)·min(|θ|^e, max(out dtype))`` over a batch, by the exponent's cheap route."""
+def _foreach_inverse_map(thetas: list[Tensor], out: list[Tensor], e: float, kind: str, n: int,
+                         changed: list[Tensor] | None = None) -> None:
+    """``out ← sign(θ)·min(|θ|^e, max(out dtype))`` over a batch, by the exponent's cheap route;
+    with ``changed``, only where it is set (see :func:`~attnopt.optim._math.inverse_map_into`)."""
     omax = float(torch.finfo(out[0].dtype).max)
     mags = torch._foreach_abs(thetas)
     if kind == "sqrt":
@@ -123,7 +157,11 @@ def _foreach_inverse_map(thetas: list[Tensor], out: list[Tensor], e: float, kind
     if e > 1.0 or omax < float(torch.finfo(thetas[0].dtype).max):
         torch._foreach_clamp_max_(mags, omax)
     torch._foreach_mul_(mags, torch._foreach_sign(thetas))
-    torch._foreach_copy_(out, mags)
+    if changed is None:
+        torch._foreach_copy_(out, mags)
+        return
+    for o, m, c in zip(out, mags, changed):
+        torch.where(c, m if m.dtype == o.dtype else m.to(o.dtype), o, out=o)
 
 
 def selected_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps, momentum,
@@ -148,8 +186,11 @@ def selected_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, no
             continue
         dmax = float(torch.finfo(theta.dtype).max)
         new = new.clamp(-dmax, dmax)
+        w = inverse_map(new, e, param.dtype)
+        if not round_trip_exact(e, param.dtype, theta.dtype):  # the weights move only where θ did
+            w = torch.where(new != theta, w, param)
         _select_into(theta, new, keep)
-        _select_into(param, inverse_map(new, e, param.dtype), keep)
+        _select_into(param, w, keep)
 
 
 def _select_into(old: Tensor, new: Tensor, keep: Tensor | None) -> None:
