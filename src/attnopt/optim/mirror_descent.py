@@ -19,8 +19,10 @@ core :func:`~attnopt.optim._functional.mirror_descent`, which runs the chosen im
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import warnings
+from collections import OrderedDict
 from itertools import chain
 from typing import Any, Callable, NamedTuple
 
@@ -29,7 +31,7 @@ from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
 from attnopt.optim import _dist
-from attnopt.optim._checks import REQUIRED_KEYS, check_group, group_key
+from attnopt.optim._checks import GROUP_DEFAULTS, REQUIRED_KEYS, check_group, fill_group, group_key
 from attnopt.optim._functional import mirror_descent, resolve_implementation
 from attnopt.optim._math import BIG, default_dual_dtype
 from attnopt.optim._nonfinite import (
@@ -151,7 +153,7 @@ class MirrorDescent(Optimizer):
     float32; float64 θ removes it.
     """
 
-    def __init__(self, params, lr: float | Tensor, p: float, normalize: bool = False, eps: float = 0.0,
+    def __init__(self, params, lr: float | Tensor = 1e-3, p: float | None = None, normalize: bool = False, eps: float = 0.0,
                  momentum: float = 0.0, weight_decay: float = 0.0, *, foreach: bool | None = None,
                  fused: bool | None = None, compiled: bool | None = None, capturable: bool = False,
                  dual_dtype: torch.dtype | None = None, nonfinite: str = "raise", maximize: bool = False) -> None:
@@ -174,18 +176,41 @@ class MirrorDescent(Optimizer):
         self._impls: list[str] = []  # group index -> implementation
         self._records: dict[torch.device, DeviceRecord] = {}  # the device-side non-finite accounts
         self._meshes: list | None = None
+        self._known: list[dict] = []  # group index -> the group object its caches belong to
         self._warned = getattr(self, "_warned", False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         gi = len(self.param_groups) - 1
-        group = self.param_groups[gi]
-        group.setdefault("step", 0)
-        group.setdefault("skipped_steps", 0)
-        check_group(group, gi if gi else None)
+        try:
+            self._adopt(gi, self.param_groups[gi], gi if gi else None)
+        except (TypeError, ValueError):
+            del self.param_groups[gi]  # refused: the optimizer stays as it was
+            raise
+
+    def _adopt(self, gi: int, group: dict[str, Any], where: int | None) -> None:
+        """Fill, check and resolve group ``gi``, and reset the caches kept for that index."""
+        fill_group(group, self.defaults)
+        check_group(group, where)
+        del self._impls[gi:], self._known[gi:]
+        for cache in (self._snapshots, self._plans):
+            cache.pop(gi, None)
         self._checked[gi] = group_key(group)
         self._impls.append(self._resolve(group))
+        self._known.append(group)
         self._meshes = None
+
+    def _adopt_groups(self) -> None:
+        """Groups appended to, replaced in or removed from ``param_groups`` directly (as some
+        libraries do) get defaults, checks and caches as ``add_param_group`` gives them."""
+        groups = self.param_groups
+        if len(self._known) == len(groups) and all(map(operator.is_, self._known, groups)):
+            return
+        first = next((i for i, (a, b) in enumerate(zip(self._known, groups)) if a is not b),
+                     min(len(self._known), len(groups)))
+        del self._impls[first:], self._known[first:]
+        for gi in range(first, len(groups)):
+            self._adopt(gi, groups[gi], gi)
 
     def _resolve(self, group: dict[str, Any]) -> str:
         impl, why = resolve_implementation(group["params"], foreach=group["foreach"], fused=group["fused"],
@@ -199,11 +224,13 @@ class MirrorDescent(Optimizer):
     @property
     def implementation(self) -> str:
         """The path the steps take (see the class docstring)."""
+        self._adopt_groups()
         if len(set(self._impls)) <= 1:
             return self._impls[0] if self._impls else "single"
         return "; ".join(f"group {i}: {impl}" for i, impl in enumerate(self._impls))
 
     def __repr__(self) -> str:
+        self._adopt_groups()
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
@@ -212,14 +239,18 @@ class MirrorDescent(Optimizer):
         return "\n".join(lines + [f"nonfinite: {self.nonfinite}", ")"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling, and the end of ``load_state_dict``: options added since a state was saved
+        get their defaults (as torch's optimizers fill theirs), so older checkpoints load."""
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "raise")
+        for name, value in GROUP_DEFAULTS.items():
+            self.defaults.setdefault(name, value)
         for group in self.param_groups:
-            for key, value in dict(step=0, skipped_steps=0, compiled=None, capturable=False).items():
-                group.setdefault(key, value)
+            fill_group(group, self.defaults)
         self._reset_caches()
         self._impls = [self._resolve(group) for group in self.param_groups]
         self._checked = {gi: group_key(group) for gi, group in enumerate(self.param_groups)}
+        self._known = list(self.param_groups)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -242,24 +273,36 @@ class MirrorDescent(Optimizer):
     # -- state dict ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict, with ``"synced_weights"`` (see *Resume* in the class docstring)."""
+        """torch's state dict, with ``"synced_weights"`` (see *Resume* in the class docstring);
+        the pre- and post-hooks run first and last, as torch's."""
         self._report_deferred(wait=True, raise_error=False)
-        sd = super().state_dict()
-        index = 0
-        for gi, group in enumerate(self.param_groups):
-            for param in group["params"]:
+        self._adopt_groups()
+        with _hooks_held(self, "_optimizer_state_dict_post_hooks") as post:
+            sd = super().state_dict()
+        for group, packed in zip(self.param_groups, sd["param_groups"]):
+            for param, index in zip(group["params"], packed["params"]):
                 state = self.state.get(param)
-                if state and "dual" in state and index in sd["state"]:
+                if state and "dual" in state and index in sd["state"] and "synced_weights" not in sd["state"][index]:
                     if self._versions.get(id(param)) != key(param):  # edited since our last write
                         sync_dual(param, state, group, index)
                         self._versions[id(param)] = key(param)
                     sd["state"][index] = dict(sd["state"][index], synced_weights=param.detach())
-                index += 1
+        for hook in post.values():
+            result = hook(self, sd)
+            if result is not None:
+                sd = result
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load state (checked first: a state dict of another optimizer is refused); θ and
-        momentum keep their saved dtype (torch would cast them to the parameter's)."""
+        """Load state: the pre-hooks run first (so that one can convert another optimizer's
+        state dict), then the checks (a state dict of another optimizer is refused; options it
+        lacks, from an older version, take their defaults), the post-hooks last.  θ and momentum
+        keep their saved dtype (torch would cast them to the parameter's)."""
+        state_dict = state_dict.copy()
+        for hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = result
         for gi, saved in enumerate(state_dict.get("param_groups", [])):
             missing = [k for k in REQUIRED_KEYS if k not in saved]
             if missing:
@@ -268,7 +311,9 @@ class MirrorDescent(Optimizer):
                                  f"(it has {keys}; torch.optim.SGD's, for one, has no p)")
             check_group(dict(self.defaults, **{k: v for k, v in saved.items() if k != "params"}), gi, params=False)
         saved_state = state_dict["state"]
-        super().load_state_dict(state_dict)
+        with _hooks_held(self, "_optimizer_load_state_dict_pre_hooks"), \
+                _hooks_held(self, "_optimizer_load_state_dict_post_hooks") as post:
+            super().load_state_dict(state_dict)
         id_map = dict(zip(chain.from_iterable(g["params"] for g in state_dict["param_groups"]),
                           chain.from_iterable(g["params"] for g in self.param_groups)))
         for key, value in saved_state.items():
@@ -280,6 +325,8 @@ class MirrorDescent(Optimizer):
                     self.state[param][name] = value[name].to(device=param.device, copy=True)
         for gi, group in enumerate(self.param_groups):
             check_group(group, gi)
+        for hook in post.values():
+            hook(self)
 
     # -- step ----------------------------------------------------------------------------
 
@@ -353,6 +400,7 @@ class MirrorDescent(Optimizer):
         """Report device-side findings of earlier steps, gather the groups, run the non-finite
         check; None when the step is skipped on the host."""
         self._report_deferred(wait=False)
+        self._adopt_groups()
         batches, start = [], 0
         for gi, group in enumerate(self.param_groups):
             batch = self._init_group(gi, group, start)
@@ -419,6 +467,7 @@ class MirrorDescent(Optimizer):
 
     @torch.compiler.disable
     def _end_step(self, batches: list[Batch], flags: dict) -> None:
+        counted = not _changed_nothing(self.param_groups, batches)
         for gi, (group, b) in enumerate(zip(self.param_groups, batches)):
             if b.params:
                 # the fused Triton kernel writes through raw pointers (no version bump): its
@@ -427,7 +476,7 @@ class MirrorDescent(Optimizer):
                 if self._impls[gi] != "fused-triton" or b.synced or snap is None or snap.batch.params is not b.params:
                     self._versions.update(zip(map(id, b.owners), map(key, b.owners)))
                     self._take_snapshot(gi, group, b)
-            group["step"] += 1
+            group["step"] += counted
         for device in flags:
             self._records[device].finalize()
 
@@ -501,6 +550,33 @@ class MirrorDescent(Optimizer):
         if self._meshes is None:
             self._meshes = _dist.meshes(chain.from_iterable(g["params"] for g in self.param_groups))
         return self._meshes
+
+
+def _changed_nothing(groups: list[dict[str, Any]], batches: list[Batch]) -> bool:
+    """Whether the step just taken was the identity: lr 0 in every group (host values) and
+    every gradient and momentum buffer zero — the state initialisation of
+    ``torch.distributed.checkpoint``'s state-dict helpers, which must not count as a step.
+    Only a step with lr 0 everywhere pays for looking at the gradients."""
+    for group in groups:
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and (lr.device.type != "cpu" or torch.compiler.is_compiling()):
+            return False
+        if float(lr) != 0.0:
+            return False
+    tensors = [t for b in batches for t in chain(b.grads or (), (x for x in b.bufs if x is not None))]
+    return all(not bool(t.any()) for t in tensors)
+
+
+@contextlib.contextmanager
+def _hooks_held(opt: Optimizer, name: str):
+    """Hold back one of torch's hook tables (yielded) while its base method runs, so that
+    MirrorDescent runs those hooks itself, before or after its own part of the method."""
+    hooks = getattr(opt, name)
+    setattr(opt, name, OrderedDict())
+    try:
+        yield hooks
+    finally:
+        setattr(opt, name, hooks)
 
 
 def _hyper(group: dict[str, Any], device: torch.device) -> dict[str, Any]:
