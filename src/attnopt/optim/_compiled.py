@@ -107,23 +107,30 @@ _LIMIT_MESSAGE = (
 )
 
 
+def _1d(t: Tensor) -> Tensor:
+    return t.view(1) if t.dim() == 0 else t
+
+
 def compiled_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
                             momentum, weight_decay, maximize) -> None:
     e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     q = dual_exponent(p)
     batches: dict[tuple, list[int]] = {}
     for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
+        if param.numel() == 0:  # nothing to update (and a reduction over no element would not trace)
+            continue
         t = param if theta is None else theta
         batches.setdefault((param.device, param.dtype, t.dtype, grad.dtype, theta is None), []).append(i)
     fn = _compiled_graph()
     for (device, pdtype, ddtype, _, own), idx in batches.items():
         scalars = torch.tensor([alpha, decay, e, q, eps, momentum], dtype=ddtype, device=device)
-        thetas = [params[i] if own else duals[i] for i in idx]
-        bufs = [momentum_buffers[i] for i in idx] if momentum != 0.0 else []
+        # 0-d tensors as 1-element views: the compiled graph loses its writes into 0-d inputs
+        thetas = [_1d(params[i] if own else duals[i]) for i in idx]
+        bufs = [_1d(momentum_buffers[i]) for i in idx] if momentum != 0.0 else []
         try:
             with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 fn(
-                    [params[i] for i in idx], [grads[i] for i in idx], thetas, bufs, scalars,
+                    [_1d(params[i]) for i in idx], [_1d(grads[i]) for i in idx], thetas, bufs, scalars,
                     kind, n, own, normalize, momentum != 0.0, decay != 1.0,
                     not own and not round_trip_exact(e, pdtype, ddtype),
                     float(torch.finfo(pdtype).max), float(torch.finfo(ddtype).max),
