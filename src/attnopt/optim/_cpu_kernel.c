@@ -389,6 +389,8 @@ static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, con
         r = a;
     }
     r = vmin_max(r, omax); /* also +inf; NaN stays */
+    v16i nan = t != t; /* a NaN theta (nonfinite="ignore") gives a NaN weight, whatever the power made of it */
+    r = (v16f)(((v16i)r & ~nan) | ((v16i)t & nan));
     return (v16f)((v16u)r | ((v16u)t & SIGN));
 }
 
@@ -520,7 +522,7 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         if (f64_power) {
             for (j = 0; j < LV; j++) m[j] = fabsf(th[j]);
             pow_block_f64(m, LV, A->e);
-            for (j = 0; j < L; j++) m[j] = copysignf(m[j] < omax ? m[j] : omax, th[j]);
+            for (j = 0; j < L; j++) m[j] = th[j] != th[j] ? th[j] : copysignf(m[j] < omax ? m[j] : omax, th[j]);
         } else {
             inverse_vectors(m, th, LV, P.kind, &P, omax);
         }
