@@ -19,10 +19,8 @@ core :func:`~attnopt.optim._functional.mirror_descent`, which runs the chosen im
 
 from __future__ import annotations
 
-import contextlib
 import operator
 import warnings
-from collections import OrderedDict
 from itertools import chain
 from typing import Any, Callable, NamedTuple
 
@@ -30,8 +28,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from attnopt.optim import _dist
-from attnopt.optim._checks import GROUP_DEFAULTS, REQUIRED_KEYS, check_group, fill_group, group_key
+from attnopt.optim import _dist, _statedict
+from attnopt.optim._checks import GROUP_DEFAULTS, check_group, fill_group, group_key
 from attnopt.optim._functional import mirror_descent, resolve_implementation
 from attnopt.optim._math import BIG, default_dual_dtype
 from attnopt.optim._nonfinite import (
@@ -275,58 +273,14 @@ class MirrorDescent(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict, with ``"synced_weights"`` (see *Resume* in the class docstring);
         the pre- and post-hooks run first and last, as torch's."""
-        self._report_deferred(wait=True, raise_error=False)
-        self._adopt_groups()
-        with _hooks_held(self, "_optimizer_state_dict_post_hooks") as post:
-            sd = super().state_dict()
-        for group, packed in zip(self.param_groups, sd["param_groups"]):
-            for param, index in zip(group["params"], packed["params"]):
-                state = self.state.get(param)
-                if state and "dual" in state and index in sd["state"] and "synced_weights" not in sd["state"][index]:
-                    if self._versions.get(id(param)) != key(param):  # edited since our last write
-                        sync_dual(param, state, group, index)
-                        self._versions[id(param)] = key(param)
-                    sd["state"][index] = dict(sd["state"][index], synced_weights=param.detach())
-        for hook in post.values():
-            result = hook(self, sd)
-            if result is not None:
-                sd = result
-        return sd
+        return _statedict.state_dict(self, super().state_dict)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load state: the pre-hooks run first (so that one can convert another optimizer's
         state dict), then the checks (a state dict of another optimizer is refused; options it
         lacks, from an older version, take their defaults), the post-hooks last.  θ and momentum
         keep their saved dtype (torch would cast them to the parameter's)."""
-        state_dict = state_dict.copy()
-        for hook in self._optimizer_load_state_dict_pre_hooks.values():
-            result = hook(self, state_dict)
-            if result is not None:
-                state_dict = result
-        for gi, saved in enumerate(state_dict.get("param_groups", [])):
-            missing = [k for k in REQUIRED_KEYS if k not in saved]
-            if missing:
-                keys = ", ".join(sorted(k for k in saved if k != "params"))
-                raise ValueError(f"not a MirrorDescent state_dict: its param_groups[{gi}] has no {', '.join(missing)} "
-                                 f"(it has {keys}; torch.optim.SGD's, for one, has no p)")
-            check_group(dict(self.defaults, **{k: v for k, v in saved.items() if k != "params"}), gi, params=False)
-        saved_state = state_dict["state"]
-        with _hooks_held(self, "_optimizer_load_state_dict_pre_hooks"), \
-                _hooks_held(self, "_optimizer_load_state_dict_post_hooks") as post:
-            super().load_state_dict(state_dict)
-        id_map = dict(zip(chain.from_iterable(g["params"] for g in state_dict["param_groups"]),
-                          chain.from_iterable(g["params"] for g in self.param_groups)))
-        for key, value in saved_state.items():
-            param = id_map.get(key)
-            if param is None:
-                continue
-            for name in ("dual", "momentum_buffer", "synced_weights"):
-                if isinstance(value.get(name), Tensor):
-                    self.state[param][name] = value[name].to(device=param.device, copy=True)
-        for gi, group in enumerate(self.param_groups):
-            check_group(group, gi)
-        for hook in post.values():
-            hook(self)
+        _statedict.load_state_dict(self, state_dict, super().load_state_dict)
 
     # -- step ----------------------------------------------------------------------------
 
@@ -467,7 +421,7 @@ class MirrorDescent(Optimizer):
 
     @torch.compiler.disable
     def _end_step(self, batches: list[Batch], flags: dict) -> None:
-        counted = not _changed_nothing(self.param_groups, batches)
+        counted = not _statedict.changed_nothing(self.param_groups, batches)
         for gi, (group, b) in enumerate(zip(self.param_groups, batches)):
             if b.params:
                 # the fused Triton kernel writes through raw pointers (no version bump): its
@@ -550,33 +504,6 @@ class MirrorDescent(Optimizer):
         if self._meshes is None:
             self._meshes = _dist.meshes(chain.from_iterable(g["params"] for g in self.param_groups))
         return self._meshes
-
-
-def _changed_nothing(groups: list[dict[str, Any]], batches: list[Batch]) -> bool:
-    """Whether the step just taken was the identity: lr 0 in every group (host values) and
-    every gradient and momentum buffer zero — the state initialisation of
-    ``torch.distributed.checkpoint``'s state-dict helpers, which must not count as a step.
-    Only a step with lr 0 everywhere pays for looking at the gradients."""
-    for group in groups:
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and (lr.device.type != "cpu" or torch.compiler.is_compiling()):
-            return False
-        if float(lr) != 0.0:
-            return False
-    tensors = [t for b in batches for t in chain(b.grads or (), (x for x in b.bufs if x is not None))]
-    return all(not bool(t.any()) for t in tensors)
-
-
-@contextlib.contextmanager
-def _hooks_held(opt: Optimizer, name: str):
-    """Hold back one of torch's hook tables (yielded) while its base method runs, so that
-    MirrorDescent runs those hooks itself, before or after its own part of the method."""
-    hooks = getattr(opt, name)
-    setattr(opt, name, OrderedDict())
-    try:
-        yield hooks
-    finally:
-        setattr(opt, name, hooks)
 
 
 def _hyper(group: dict[str, Any], device: torch.device) -> dict[str, Any]:
