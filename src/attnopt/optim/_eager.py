@@ -6,10 +6,13 @@ and momentum buffer :math:`m` (see :class:`~attnopt.optim.MirrorDescent`):
 .. math::
     d = g\,s,\quad m \leftarrow \mu m + d,\ d \leftarrow m,\quad
     \theta \leftarrow \mathrm{decay}\cdot\theta + \alpha\, d,\quad
-    w \leftarrow \mathrm{sign}(\theta)|\theta|^{1/(p-1)}
+    w \leftarrow \mathrm{sign}(\theta)|\theta|^{1/(p-1)}\ \text{where }\theta\text{ moved}
 
 with ``s`` the normalisation scale (1 unless ``normalize``), ``alpha = ∓lr`` and ``decay`` the
-dual image of the decoupled weight decay (:func:`~attnopt.optim._math.step_scalars`).
+dual image of the decoupled weight decay (:func:`~attnopt.optim._math.step_scalars`).  The new
+θ is computed out of place and compared with the old, and w is written only where they differ:
+the round trip ∇ψ*(∇ψ(w)) is not exact, so an unmoved entry keeps its bits (not needed for
+p = 2 with a θ at least as wide as w, see :func:`~attnopt.optim._math.round_trip_exact`).
 
 * :func:`single_tensor_mirror_descent` — in place, one tensor at a time (torch's CPU default).
 * :func:`multi_tensor_mirror_descent` — in place with ``torch._foreach_*`` over each

@@ -74,9 +74,14 @@ class MirrorDescent(Optimizer):
         params: iterable of parameters or dicts defining parameter groups; any option
             below except ``nonfinite`` may be set per group.
         lr (float or Tensor): step size η ≥ 0, read from the group at every step (LR
-            schedulers work).  A one-element tensor is kept as is (schedulers ``fill_`` it),
-            and with ``capturable=True`` on the parameters' device it is read by the device.
+            schedulers work).  Default: 1e-3, as torch's SGD and Adam.  Any real number
+            (``numbers.Real``: numpy scalars too) is kept as a float; a one-element tensor is
+            kept as is (schedulers ``fill_`` it), and with ``capturable=True`` on the
+            parameters' device it is read by the device; a tensor of several elements is a
+            ``ValueError``.
         p (float): exponent of the potential, finite and > 1 (numerically tested on [1.01, 10]).
+            Required, here or in every parameter group: it is the geometry of the method (p = 2
+            is SGD), so it has no default.
         normalize (bool): divide each tensor's gradient by its ℓq norm, q = p/(p−1)
             (the normalised ℓp-AttGD of the spec).  Default: False.
         eps (float): ε ≥ 0 added to the ℓq norm.  Default: 0 (a zero gradient still gives
@@ -96,7 +101,8 @@ class MirrorDescent(Optimizer):
         foreach (bool, optional): ``True`` the ``torch._foreach_*`` path, ``False`` the
             single-tensor loop.
         compiled (bool, optional): the step of each batch as one ``torch.compile``'d graph
-            (the first step of each new shape/dtype/option combination compiles).
+            (the first step of each new shape/dtype/option combination compiles; past 64
+            graphs in a process, further combinations run on the eager path, with a warning).
         capturable (bool): no host synchronisation and no host decision on device values in a
             step, so that it can be captured in a CUDA graph (warm up a few steps first, as for
             any capture); lr may be a tensor on the device.  Non-finite gradients are then
@@ -129,6 +135,26 @@ class MirrorDescent(Optimizer):
     was changed outside the optimizer: the tensor's version counter and address are compared
     with those recorded after the optimizer's own write; when they moved (e.g. an in-place
     ``mul_``), only the entries whose weight no longer equals ∇ψ*(θ) (to 2 ulp) are rebuilt.
+
+    Steps that change nothing.  The weights are written only where θ moved: an entry whose
+    θ did not change keeps its bits exactly, on every path, p and dtype — a zero gradient
+    (with no momentum carried and no weight decay), a frozen row, a step below θ's
+    resolution.  This matters because θ is built from the weights (at the first step, after
+    an edit) and the round trip ∇ψ*(∇ψ(w)) is not exact for p ≠ 2 (p = 1.1: most float32
+    weights miss by a few ulp), so rewriting an unmoved weight from θ would perturb frozen
+    embedding rows and masked tokens.  A tiny non-zero gradient that does move θ sets
+    w = ∇ψ*(θ): the step plus, once, that round trip error (about ``(p−1)⁻¹·2⁻²⁴`` relative
+    with a float32 θ, below the resolution noted under *Numerics*); from then on w and θ are
+    in step.  A step with lr 0 in every group and every gradient and momentum buffer zero
+    (the state initialisation of ``torch.distributed.checkpoint``'s state-dict helpers)
+    builds the state but is not counted in ``"step"``.
+
+    Conventions.  MirrorDescent follows torch.optim (its generic optimizer tests are ported in
+    tests/test_optim_conventions*.py): hooks, schedulers, closures, named parameters, groups
+    added with ``add_param_group`` or appended to ``param_groups`` directly (they get the
+    defaults), state dicts from older versions (missing options take their defaults),
+    ``load_state_dict`` pre-hooks before the checks.  Its deliberate differences are listed
+    in the documentation (docs/api/optim.md, "Differences from torch.optim").
 
     Resume.  ``state_dict()`` also holds, per parameter, ``"synced_weights"``: the weights θ
     is in step with (a reference to the parameter, not a copy; saved together with the
