@@ -79,6 +79,29 @@ def test_entries_whose_dual_does_not_move_keep_their_bits(path, p, dname):
         assert all(torch.equal(x, y) for x, y in zip(w, before))
 
 
+@pytest.mark.parametrize("path", [pytest.param(k, marks=[needs_cc] if k == "fused-cpu" else []) for k in PATHS
+                                  if k != "compiled"])
+@pytest.mark.parametrize("p", [1.1, 1.75, 3.0])
+def test_weights_edited_after_training_keep_their_bits_on_a_zero_step(path, p):
+    """Once every weight has moved, a tensor is written whole (its weights equal ∇ψ*(θ), so the
+    host paths drop the mask); an in-place edit rebuilds θ from the edited weights and brings the
+    mask back, so a zero-gradient step then leaves the edit as it was."""
+    w = make_params((64, 33), (100,))
+    opt = MirrorDescent(w, lr=0.05, p=p, **PATHS[path])
+    for k in range(3):
+        for x, g in zip(w, grads_like(w, seed=k)):
+            x.grad = g
+        opt.step()
+    with torch.no_grad():
+        w[0][5].mul_(1.37)
+        w[1][::3] = torch.linspace(-0.5, 0.5, 34)
+    edited = [x.detach().clone() for x in w]
+    for x in w:
+        x.grad = torch.zeros_like(x)
+    opt.step()
+    assert all(torch.equal(x, y) for x, y in zip(w, edited))
+
+
 def test_torch_compile_of_the_step_keeps_zero_gradient_weights():
     """``torch.compile(opt.step)`` traces the device-selected eager step: the same guarantee."""
     w = _weights(torch.float32)

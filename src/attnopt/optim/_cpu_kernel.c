@@ -12,9 +12,7 @@
  * scale, through the momentum buffer when mu != 0), the dual update
  * theta <- decay*theta + alpha*d, then the inverse map w = sign(theta)|theta|^e clamped to
  * the weight dtype's largest value.
- * Each element of g and theta is read once and theta and w are written once (w only where
- * theta moved: the round trip w -> theta -> w is not exact, so an entry whose theta did not
- * change keeps its bits; masked stores, w is never read); float32
+ * Each element of g and theta is read once and theta and w are written once; float32
  * weights are written with non-temporal stores where the CPU has them, so the write of w
  * does not first read w into the cache (16 bytes moved per element instead of 20).
  *
@@ -25,6 +23,14 @@
  * in float64 above (|error| < 1e-12 relative before the rounding to float32: within 1 ulp).
  * With AVX-512, a general e <= 4 with 3e an integer (e = n + f/3, f in {1, 2}: p = 1.75, 2.5,
  * 4, 1.3, ...) is computed instead as x^n * cbrt(x)^f without log or exp (vpow_third_avx512).
+ *
+ * Masked steps (masked = 1): w is written only where theta moved.  The round trip
+ * w -> theta -> w is not exact (theta is built from w at the first step and after an edit), so
+ * an entry whose theta did not change must keep its bits.  A vector whose lanes all moved is
+ * stored as before; in the others the unmoved lanes are left alone (masked store) and compared
+ * with the inverse of their theta, and inexact[t] is raised where one differs.  A tensor none of
+ * whose weights differs is exact: Python then steps it unmasked (rewriting an unmoved entry
+ * writes its own bits), at the speed of the plain store.
  *
  * attnopt_count_nonfinite counts NaN/inf entries of a list of gradients (exact: exponent
  * bits), for the optimizer's non-finite check before any write.
@@ -259,6 +265,23 @@ static void pow_block_f64(float *restrict m, int L, double e) {
     }
 }
 
+static void store_w_f32(float *restrict w, const float *restrict v, int L, int stream) {
+    int j = 0;
+    (void)stream; /* no streaming store below AVX */
+#if defined(__AVX512F__)
+    if (stream) {
+        for (; j < L && ((uintptr_t)(w + j) & 63); j++) w[j] = v[j];
+        for (; j + 16 <= L; j += 16) _mm512_stream_ps(w + j, _mm512_loadu_ps(v + j));
+    }
+#elif defined(__AVX__)
+    if (stream) {
+        for (; j < L && ((uintptr_t)(w + j) & 31); j++) w[j] = v[j];
+        for (; j + 8 <= L; j += 8) _mm256_stream_ps(w + j, _mm256_loadu_ps(v + j));
+    }
+#endif
+    for (; j < L; j++) w[j] = v[j];
+}
+
 typedef struct {
     int ntensors;
     void **w;            /* weights (float32 or bfloat16); == theta for a tensor that is its own dual */
@@ -274,6 +297,8 @@ typedef struct {
     int stream;           /* non-temporal stores for float32 weights */
     int third;            /* K_THIRD + 3e where the power runs as x^n * cbrt(x)^f, else 0 */
     const void *table;    /* its table (a third_table), or NULL */
+    int masked;           /* w is written only where theta moved (see vstore_except) */
+    int *inexact;         /* masked: per tensor, set to 1 where an unmoved weight differs from the inverse of its theta */
 } md_args;
 
 /* m[j] <- sign(th[j]) * min(|th[j]|^e, omax) for the cheap kinds, in one pass (inlined per kind) */
@@ -323,39 +348,59 @@ static inline void vstore(float *w, v16f r, int stream) {
     memcpy(w, &r, sizeof r);
 }
 
-/* w <- r in the lanes where theta moved (tnew != told), the other lanes of w untouched (not
- * even read): the round trip w -> theta -> w is not exact, so an unmoved entry keeps its bits.
- * A vector whose lanes all moved (the usual case) takes the plain (streaming) store. */
-static inline void vstore_changed(float *w, v16f r, v16f tnew, v16f told, int stream) {
+/* The lanes where theta did not move (tnew == told), as bits: there w is not written (not even
+ * read), since the round trip w -> theta -> w is not exact and an unmoved entry keeps its bits.
+ * Computed before the inverse map, so that told is dead by then (no register held across it). */
+static inline int unchanged_lanes(v16f tnew, v16f told) {
 #if defined(__AVX512F__)
-    __mmask16 m = _mm512_cmp_ps_mask((__m512)tnew, (__m512)told, _CMP_NEQ_UQ);
-    if (m == 0xffff) { vstore(w, r, stream); return; }
-    if (m) _mm512_mask_storeu_ps(w, m, (__m512)r);
+    return (int)_mm512_cmp_ps_mask((__m512)tnew, (__m512)told, _CMP_EQ_OQ);
 #elif defined(__AVX__)
-    __m256 c = _mm256_cmp_ps((__m256)tnew, (__m256)told, _CMP_NEQ_UQ);
-    int m = _mm256_movemask_ps(c);
-    if (m == 0xff) { vstore(w, r, stream); return; }
-    if (m) _mm256_maskstore_ps(w, _mm256_castps_si256(c), (__m256)r);
+    return _mm256_movemask_ps(_mm256_cmp_ps((__m256)tnew, (__m256)told, _CMP_EQ_OQ));
 #else
-    (void)stream;
-    for (int k = 0; k < VF_LANES; k++)
-        if (tnew[k] != told[k]) w[k] = r[k];
+    int bits = 0;
+    for (int k = 0; k < VF_LANES; k++) bits |= (tnew[k] == told[k]) << k;
+    return bits;
 #endif
+}
+
+/* w <- r except in the lanes of keep (rare once a tensor is known exact, see below: a frozen
+ * row, a zero gradient); *inexact <- 1 if a kept weight differs from r, the inverse of its
+ * unmoved theta (the tensor then stays masked: only where every weight equals the inverse of its
+ * theta may it be written whole, since rewriting an unmoved entry must change nothing) */
+static __attribute__((noinline, cold)) void store_lanes(float *w, v16f r, int keep, int *inexact) {
+#if defined(__AVX512F__)
+    __m512 old = _mm512_maskz_loadu_ps((__mmask16)keep, w);
+    if (_mm512_mask_cmp_ps_mask((__mmask16)keep, (__m512)r, old, _CMP_NEQ_UQ))
+        __atomic_store_n(inexact, 1, __ATOMIC_RELAXED);
+    _mm512_mask_storeu_ps(w, (__mmask16)~keep, (__m512)r);
+#else
+    for (int k = 0; k < VF_LANES; k++) {
+        if (!((keep >> k) & 1)) w[k] = r[k];
+        else if (w[k] != r[k]) __atomic_store_n(inexact, 1, __ATOMIC_RELAXED);
+    }
+#endif
+}
+
+static inline void vstore_except(float *w, v16f r, int keep, int stream, int *inexact) {
+    if (__builtin_expect(keep == 0, 1)) vstore(w, r, stream); /* every lane moved: the usual case */
+    else store_lanes(w, r, keep, inexact);
 }
 
 /* w[j] <- v[j] where th[j] != t0[j] (the new and old theta), j < L */
 static void store_w_f32_changed(float *restrict w, const float *restrict v, const float *restrict th,
-                                const float *restrict t0, int L, int stream) {
+                                const float *restrict t0, int L, int stream, int *inexact) {
     int j = 0;
     for (; j + VF_LANES <= L; j += VF_LANES) {
         v16f r, a, b;
         memcpy(&r, v + j, sizeof r);
         memcpy(&a, th + j, sizeof a);
         memcpy(&b, t0 + j, sizeof b);
-        vstore_changed(w + j, r, a, b, stream);
+        vstore_except(w + j, r, unchanged_lanes(a, b), stream, inexact);
     }
-    for (; j < L; j++)
+    for (; j < L; j++) {
         if (th[j] != t0[j]) w[j] = v[j];
+        else if (w[j] != v[j]) __atomic_store_n(inexact, 1, __ATOMIC_RELAXED);
+    }
 }
 
 static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, const pow_params *P, float omax) {
@@ -397,7 +442,7 @@ static inline __attribute__((always_inline)) v16f vinverse(v16f t, int kind, con
 static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w, float *restrict theta,
                                                                const float *restrict g, int64_t n, float alpha,
                                                                int kind, const pow_params *P, float omax,
-                                                               int stream) {
+                                                               int stream, int masked, int *inexact) {
     const pow_params Q = *P; /* a local copy: no store through w or theta can change it */
     P = &Q;
     int64_t i = 0;
@@ -407,7 +452,12 @@ static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w
         memcpy(&t0, theta + i, sizeof t0);
         tv = t0 + alpha * gv;
         memcpy(theta + i, &tv, sizeof tv);
-        vstore_changed(w + i, vinverse(tv, kind, P, omax), tv, t0, stream);
+        if (masked) {
+            int keep = unchanged_lanes(tv, t0);
+            vstore_except(w + i, vinverse(tv, kind, P, omax), keep, stream, inexact);
+        } else {
+            vstore(w + i, vinverse(tv, kind, P, omax), stream);
+        }
     }
     if (i < n) { /* the ragged tail through a zero-padded vector */
         int rest = (int)(n - i);
@@ -417,8 +467,10 @@ static inline __attribute__((always_inline)) void step_f32_vec(float *restrict w
         tv = t0 + alpha * gv;
         r = vinverse(tv, kind, P, omax);
         memcpy(theta + i, &tv, rest * sizeof(float));
-        for (int k = 0; k < rest; k++)
-            if (tv[k] != t0[k]) w[i + k] = r[k];
+        for (int k = 0; k < rest; k++) {
+            if (!masked || tv[k] != t0[k]) w[i + k] = r[k];
+            else if (w[i + k] != r[k]) __atomic_store_n(inexact, 1, __ATOMIC_RELAXED);
+        }
     }
 }
 
@@ -479,18 +531,24 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
         const float *g = (const float *)A->g[t] + s;
         int stream = A->stream && A->numel[t] >= STREAM_MIN;
         int64_t len = end - s;
-        switch (P.kind) { /* constant kinds, so that each loop is specialised */
-        case K_IDENTITY: step_f32_vec(w, theta + s, g, len, alpha, K_IDENTITY, &P, omax, stream); break;
-        case K_SQUARE: step_f32_vec(w, theta + s, g, len, alpha, K_SQUARE, &P, omax, stream); break;
-        case K_SQRT: step_f32_vec(w, theta + s, g, len, alpha, K_SQRT, &P, omax, stream); break;
-        case K_INT: step_f32_vec(w, theta + s, g, len, alpha, K_INT, &P, omax, stream); break;
-        case K_HALFINT: step_f32_vec(w, theta + s, g, len, alpha, K_HALFINT, &P, omax, stream); break;
+        int *flag = A->masked ? A->inexact + t : NULL;
+        /* constant kinds and masking, so that each loop is specialised */
+#define STEP(KIND)                                                                                   \
+    (A->masked ? step_f32_vec(w, theta + s, g, len, alpha, KIND, &P, omax, stream, 1, flag)          \
+               : step_f32_vec(w, theta + s, g, len, alpha, KIND, &P, omax, stream, 0, NULL))
+        switch (P.kind) {
+        case K_IDENTITY: STEP(K_IDENTITY); break;
+        case K_SQUARE: STEP(K_SQUARE); break;
+        case K_SQRT: STEP(K_SQRT); break;
+        case K_INT: STEP(K_INT); break;
+        case K_HALFINT: STEP(K_HALFINT); break;
 #if defined(__AVX512F__)
-#define STEP_THIRD(N) case K_THIRD + N: step_f32_vec(w, theta + s, g, len, alpha, K_THIRD + N, &P, omax, stream); break;
+#define STEP_THIRD(N) case K_THIRD + N: STEP(K_THIRD + N); break;
         THIRD_CASES(STEP_THIRD)
 #endif
-        default: step_f32_vec(w, theta + s, g, len, alpha, K_GENERAL, &P, omax, stream);
+        default: STEP(K_GENERAL);
         }
+#undef STEP
         return;
     }
     for (int64_t b = s; b < end; b += BLK) {
@@ -527,12 +585,21 @@ static void process(const md_args *A, int t, int64_t s, int64_t end) {
             inverse_vectors(m, th, LV, P.kind, &P, omax);
         }
         /* 3. the weights */
-        if (A->w_dtype == DT_F32) {
-            store_w_f32_changed((float *)A->w[t] + b, m, th, t0, L, A->stream && A->numel[t] >= STREAM_MIN);
+        int stream = A->stream && A->numel[t] >= STREAM_MIN;
+        if (A->w_dtype == DT_F32 && A->masked) {
+            store_w_f32_changed((float *)A->w[t] + b, m, th, t0, L, stream, A->inexact + t);
+        } else if (A->w_dtype == DT_F32) {
+            store_w_f32((float *)A->w[t] + b, m, L, stream);
+        } else if (A->masked) {
+            uint16_t *w = (uint16_t *)A->w[t] + b;
+            for (j = 0; j < L; j++) {
+                uint16_t v = f32_to_bf16(m[j]);
+                if (th[j] != t0[j]) w[j] = v;
+                else if (w[j] != v) __atomic_store_n(A->inexact + t, 1, __ATOMIC_RELAXED);
+            }
         } else {
             uint16_t *w = (uint16_t *)A->w[t] + b;
-            for (j = 0; j < L; j++)
-                if (th[j] != t0[j]) w[j] = f32_to_bf16(m[j]);
+            for (j = 0; j < L; j++) w[j] = f32_to_bf16(m[j]);
         }
     }
 }
@@ -556,9 +623,10 @@ static int find_tensor(const int64_t *starts, int nt, int64_t c) {
 
 int attnopt_md_step(int nt, void **w, float **theta, const void **g, float **buf, const int64_t *numel,
                     const double *gscale, int w_dtype, int g_dtype, int own, double alpha, double decay,
-                    double mu, int kind, int n, double e, double omax, int stream, int nthreads) {
+                    double mu, int kind, int n, double e, double omax, int stream, int nthreads, int masked,
+                    int *inexact) {
     md_args A = {nt, w, theta, g, buf, numel, gscale, w_dtype, g_dtype, own, alpha, decay, mu, e, omax,
-                 kind, n, stream, 0, NULL};
+                 kind, n, stream, 0, NULL, masked, inexact};
 #if defined(__AVX512F__)
     third_table table;
     /* e = n + f/3 (3e an integer up to the rounding of 1/(p - 1)) in the float32 power's range */

@@ -43,10 +43,11 @@ __all__ = ["single_tensor_mirror_descent", "multi_tensor_mirror_descent", "selec
 
 
 def single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
-                                 momentum, weight_decay, maximize) -> None:
-    """In-place step, one tensor at a time (``lr`` a float)."""
+                                 momentum, weight_decay, maximize, exact: list[bool] | None = None) -> None:
+    """In-place step, one tensor at a time (``lr`` a float; ``exact``: see
+    :func:`~attnopt.optim._functional.mirror_descent`)."""
     e, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)  # θ ← decay·θ + alpha·d
-    for param, grad, theta, buf in zip(params, grads, duals, momentum_buffers):
+    for i, (param, grad, theta, buf) in enumerate(zip(params, grads, duals, momentum_buffers)):
         own = theta is None
         if own:
             theta = param
@@ -60,13 +61,16 @@ def single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, 
             d, scale = buf, None
         else:
             d = grad
-        if own:
+        if own or (exact is not None and exact[i]) or round_trip_exact(e, param.dtype, theta.dtype):
+            # the weights equal ∇ψ*(θ) everywhere: rewriting an unmoved entry writes its own bits
             if decay != 1.0:
                 theta.mul_(decay)
             if scale is None:
                 theta.add_(d, alpha=alpha)
             else:
                 theta.addcmul_(d, scale, value=alpha)
+            if not own:
+                inverse_map_into(theta, e, param)
             continue
         # θ out of place, so that the weights are written only where θ moved
         new = theta.mul(decay) if decay != 1.0 else None
@@ -74,18 +78,21 @@ def single_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, 
             new = torch.add(theta, d, alpha=alpha) if new is None else new.add_(d, alpha=alpha)
         else:
             new = torch.addcmul(theta, d, scale, value=alpha) if new is None else new.addcmul_(d, scale, value=alpha)
-        changed = None if round_trip_exact(e, param.dtype, theta.dtype) else new != theta
+        changed = new != theta
         theta.copy_(new)
-        inverse_map_into(theta, e, param, changed)
+        full = inverse_map_into(theta, e, param, changed)
+        if exact is not None and param.device.type == "cpu":  # no synchronisation on accelerators
+            exact[i] = torch.equal(full, param)
 
 
 def multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
-                                momentum, weight_decay, maximize) -> None:
-    """In-place step with ``torch._foreach_*`` ops over each device/dtype batch (``lr`` a float)."""
+                                momentum, weight_decay, maximize, exact: list[bool] | None = None) -> None:
+    """In-place step with ``torch._foreach_*`` ops over each device/dtype batch (``lr`` a float;
+    ``exact``: see :func:`~attnopt.optim._functional.mirror_descent`)."""
     e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     thetas = [w if t is None else t for w, t in zip(params, duals)]
     bufs = momentum_buffers if momentum != 0.0 else [None] * len(params)
-    for d_params, d_grads, d_thetas, d_bufs, own in _batches(params, grads, thetas, bufs, duals):
+    for d_params, d_grads, d_thetas, d_bufs, mode, idx in _batches(params, grads, thetas, bufs, duals, e, exact):
         ddtype = d_thetas[0].dtype
         scales = [lq_scale(g, p, eps, ddtype) for g in d_grads] if normalize else None
         if momentum != 0.0:
@@ -97,13 +104,15 @@ def multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p
             direction, scales = d_bufs, None
         else:
             direction = d_grads
-        if own:
+        if mode != "masked":  # "own" (θ is w), or the weights equal ∇ψ*(θ) everywhere
             if decay != 1.0:
                 torch._foreach_mul_(d_thetas, decay)
             if scales is None:
                 torch._foreach_add_(d_thetas, direction, alpha=alpha)
             else:
                 torch._foreach_addcmul_(d_thetas, direction, scales, value=alpha)
+            if mode == "plain":
+                _foreach_inverse_map(d_thetas, d_params, e, kind, n)
             continue
         # θ out of place, so that the weights are written only where θ moved
         if decay != 1.0:
@@ -116,34 +125,43 @@ def multi_tensor_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p
             news = torch._foreach_add(d_thetas, direction, alpha=alpha)
         else:
             news = torch._foreach_addcmul(d_thetas, direction, scales, value=alpha)
-        changed = None
-        if not round_trip_exact(e, d_params[0].dtype, ddtype):
-            changed = [t_new != t for t_new, t in zip(news, d_thetas)]
+        changed = [t_new != t for t_new, t in zip(news, d_thetas)]
         torch._foreach_copy_(d_thetas, news)
-        _foreach_inverse_map(news, d_params, e, kind, n, changed)
+        fulls = _foreach_inverse_map(news, d_params, e, kind, n, changed)
+        if exact is not None and d_params[0].device.type == "cpu":  # no synchronisation on accelerators
+            for i, full, w in zip(idx, fulls, d_params):
+                exact[i] = torch.equal(full, w)
 
 
-def _batches(params, grads, thetas, bufs, duals):
-    """``(params, grads, θ, buffers, own)`` per device and dtype (torch's grouping), split further
-    by θ's dtype and by whether the parameter is its own dual (one optimizer group has one of
-    each per parameter dtype; the functional API may mix them)."""
-    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, thetas, bufs, duals])
-    for (d_params, d_grads, d_thetas, d_bufs, d_duals), _ in grouped.values():
+def _batches(params, grads, thetas, bufs, duals, e, exact):
+    """``(params, grads, θ, buffers, mode, indices)`` per device and dtype (torch's grouping),
+    split further by θ's dtype and the mode of the write: ``"own"`` (the parameter is its own
+    dual), ``"plain"`` (its weights equal ∇ψ*(θ) everywhere, per ``exact`` or because p = 2 with
+    a wider θ) or ``"masked"`` (written only where θ moved)."""
+    grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, thetas, bufs, duals], with_indices=True)
+    for (d_params, d_grads, d_thetas, d_bufs, d_duals), indices in grouped.values():
         kinds: dict[tuple, list[int]] = {}
-        for i, (t, d) in enumerate(zip(d_thetas, d_duals)):
-            kinds.setdefault((t.dtype, d is None), []).append(i)
-        for (_, own), idx in kinds.items():
-            if len(idx) == len(d_params):
-                yield d_params, d_grads, d_thetas, d_bufs, own
+        for k, (w, t, d, i) in enumerate(zip(d_params, d_thetas, d_duals, indices)):
+            if d is None:
+                mode = "own"
+            elif (exact is not None and exact[i]) or round_trip_exact(e, w.dtype, t.dtype):
+                mode = "plain"
             else:
-                yield ([d_params[i] for i in idx], [d_grads[i] for i in idx], [d_thetas[i] for i in idx],
-                       [d_bufs[i] for i in idx], own)
+                mode = "masked"
+            kinds.setdefault((t.dtype, mode), []).append(k)
+        for (_, mode), ks in kinds.items():
+            if len(ks) == len(d_params):
+                yield d_params, d_grads, d_thetas, d_bufs, mode, list(indices)
+            else:
+                yield ([d_params[k] for k in ks], [d_grads[k] for k in ks], [d_thetas[k] for k in ks],
+                       [d_bufs[k] for k in ks], mode, [indices[k] for k in ks])
 
 
 def _foreach_inverse_map(thetas: list[Tensor], out: list[Tensor], e: float, kind: str, n: int,
-                         changed: list[Tensor] | None = None) -> None:
+                         changed: list[Tensor] | None = None) -> list[Tensor] | None:
     """``out ← sign(θ)·min(|θ|^e, max(out dtype))`` over a batch, by the exponent's cheap route;
-    with ``changed``, only where it is set (see :func:`~attnopt.optim._math.inverse_map_into`)."""
+    with ``changed``, only where it is set, returning the whole maps (see
+    :func:`~attnopt.optim._math.inverse_map_into`)."""
     omax = float(torch.finfo(out[0].dtype).max)
     mags = torch._foreach_abs(thetas)
     if kind == "sqrt":
@@ -162,9 +180,11 @@ def _foreach_inverse_map(thetas: list[Tensor], out: list[Tensor], e: float, kind
     torch._foreach_mul_(mags, torch._foreach_sign(thetas))
     if changed is None:
         torch._foreach_copy_(out, mags)
-        return
-    for o, m, c in zip(out, mags, changed):
-        torch.where(c, m if m.dtype == o.dtype else m.to(o.dtype), o, out=o)
+        return None
+    fulls = [m if m.dtype == o.dtype else m.to(o.dtype) for m, o in zip(mags, out)]
+    for o, m, c in zip(out, fulls, changed):
+        torch.where(c, m, o, out=o)
+    return fulls
 
 
 def selected_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps, momentum,

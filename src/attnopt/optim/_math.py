@@ -128,23 +128,26 @@ def mirror_map(w: Tensor, p: float, dtype: torch.dtype) -> Tensor:
     return theta.clamp_(-fmax, fmax)
 
 
-def inverse_map_into(theta: Tensor, e: float, out: Tensor, changed: Tensor | None = None) -> None:
+def inverse_map_into(theta: Tensor, e: float, out: Tensor, changed: Tensor | None = None) -> Tensor | None:
     r"""``out ← sign(θ)|θ|^e`` (the inverse map), clamped to ``out``'s finite range.
 
     ``θ`` is left untouched.  e = 1 (p = 2) is a cast, e = 1/2 (p = 3) a square root,
     e = 2 (p = 1.5) a square; any other exponent is one ``pow``.  With ``changed`` (a bool
     tensor like θ), only those entries are written and the others keep their bits: the
     step's write of the weights where θ moved (the round trip ∇ψ*(∇ψ(w)) is not exact, so
-    rewriting an unmoved entry could change it; see :func:`round_trip_exact`).
+    rewriting an unmoved entry could change it; see :func:`round_trip_exact`), and the whole
+    inverse map is returned (in ``out``'s dtype), so that the caller can tell whether ``out``
+    now equals it everywhere.
     """
     omax = _finfo_max(out.dtype)
     if e == 1.0:  # p = 2
         a = theta.clamp(-omax, omax) if omax < _finfo_max(theta.dtype) else theta
-        if changed is not None:
-            torch.where(changed, a.to(out.dtype), out, out=out)
-        else:
+        if changed is None:
             out.copy_(a)
-        return
+            return None
+        a = a.to(out.dtype)
+        torch.where(changed, a, out, out=out)
+        return a
     a = theta.abs()
     kind, n = classify_exponent(e)
     if kind == "sqrt":
@@ -160,12 +163,14 @@ def inverse_map_into(theta: Tensor, e: float, out: Tensor, changed: Tensor | Non
     if e > 1.0 or omax < _finfo_max(theta.dtype):
         a.clamp_max_(omax)
     if changed is not None:
-        a.copysign_(theta)
-        torch.where(changed, a if a.dtype == out.dtype else a.to(out.dtype), out, out=out)
-    elif out.dtype == a.dtype:
+        a = a.copysign_(theta).to(out.dtype)
+        torch.where(changed, a, out, out=out)
+        return a
+    if out.dtype == a.dtype:
         torch.copysign(a, theta, out=out)
     else:
         out.copy_(a.copysign_(theta))
+    return None
 
 
 def round_trip_exact(e: float, param_dtype: torch.dtype, dual_dtype: torch.dtype) -> bool:

@@ -48,6 +48,7 @@ def state_dict(opt, base: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             if state and "dual" in state and index in sd["state"] and "synced_weights" not in sd["state"][index]:
                 if opt._versions.get(id(param)) != key(param):  # edited since our last write
                     sync_dual(param, state, group, index)
+                    opt._exact.discard(id(param))
                     opt._versions[id(param)] = key(param)
                 sd["state"][index] = dict(sd["state"][index], synced_weights=param.detach())
     for hook in post.values():

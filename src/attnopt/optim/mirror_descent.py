@@ -201,6 +201,7 @@ class MirrorDescent(Optimizer):
         self._records: dict[torch.device, DeviceRecord] = {}  # the device-side non-finite accounts
         self._meshes: list | None = None
         self._known: list[dict] = []  # group index -> the group object its caches belong to
+        self._exact: set[int] = set()  # id(param) whose weights equal ∇ψ*(θ) everywhere (written unmasked)
         self._warned = getattr(self, "_warned", False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -343,6 +344,7 @@ class MirrorDescent(Optimizer):
             state = self.state[param]
             if check_all or self._versions.get(id(param)) != key(param):
                 sync_dual(param, state, group, start + offset)
+                self._exact.discard(id(param))
                 synced = True
             owners.append(param)
             params.append(_dist.local(param))
@@ -440,8 +442,12 @@ class MirrorDescent(Optimizer):
                     scales = _dist.global_lq_scales([o.grad for o in b.owners], group["p"], group["eps"],
                                                     b.duals[0].dtype if b.duals[0] is not None else b.params[0].dtype)
                     grads, hyper["normalize"] = [g * s for g, s in zip(grads, scales)], False
+                exact = ([id(x) in self._exact for x in b.owners]
+                         if self._impls[gi] in ("fused-cpu", "foreach", "single") else None)
                 mirror_descent(b.params, grads, b.duals, b.bufs, **hyper, **_FLAGS[self._impls[gi]],
-                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}))
+                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}), exact=exact)
+                if exact is not None:
+                    self._exact.update(id(x) for x, known in zip(b.owners, exact) if known)
         self._end_step(batches, flags)
         return loss
 
