@@ -1,5 +1,6 @@
 """Shared fixtures, and the ``exhaustive`` marker: such tests are deselected unless ``-m`` names
-them (``pytest -m exhaustive``; CI runs the sampled grids only)."""
+them (``pytest -m exhaustive`` runs the rest of the grids; ``-m "exhaustive or not exhaustive"``
+everything, the sampled cases with their full option sets too; CI runs the sampled grids)."""
 
 from __future__ import annotations
 
