@@ -369,10 +369,12 @@ static inline int unchanged_lanes(v16f tnew, v16f told) {
  * theta may it be written whole, since rewriting an unmoved entry must change nothing) */
 static __attribute__((noinline, cold)) void store_lanes(float *w, v16f r, int keep, int *inexact) {
 #if defined(__AVX512F__)
-    __m512 old = _mm512_maskz_loadu_ps((__mmask16)keep, w);
-    if (_mm512_mask_cmp_ps_mask((__mmask16)keep, (__m512)r, old, _CMP_NEQ_UQ))
-        __atomic_store_n(inexact, 1, __ATOMIC_RELAXED);
-    _mm512_mask_storeu_ps(w, (__mmask16)~keep, (__m512)r);
+    if (!__atomic_load_n(inexact, __ATOMIC_RELAXED)) { /* once known inexact, no need to look again */
+        __m512 old = _mm512_maskz_loadu_ps((__mmask16)keep, w);
+        if (_mm512_mask_cmp_ps_mask((__mmask16)keep, (__m512)r, old, _CMP_NEQ_UQ))
+            __atomic_store_n(inexact, 1, __ATOMIC_RELAXED);
+    }
+    if (keep != 0xffff) _mm512_mask_storeu_ps(w, (__mmask16)~keep, (__m512)r);
 #else
     for (int k = 0; k < VF_LANES; k++) {
         if (!((keep >> k) & 1)) w[k] = r[k];
