@@ -1,4 +1,6 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the ``exhaustive`` marker: such tests are deselected unless ``-m`` names
+them (``pytest -m exhaustive`` runs the rest of the grids; ``-m "exhaustive or not exhaustive"``
+everything, the sampled cases with their full option sets too; CI runs the sampled grids)."""
 
 from __future__ import annotations
 
@@ -13,3 +15,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_collection_modifyitems(config, items):
+    if "exhaustive" in (config.getoption("markexpr") or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("exhaustive") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("exhaustive")])
+        items[:] = kept

@@ -25,6 +25,7 @@ def test_site_builds_strict(tmp_path):
     assert "Quick start" in index and "figures/demo_convergence.png" in index  # the README, links rewritten
     optim = (site / "api" / "optim" / "index.html").read_text()
     assert "MirrorDescent" in optim and "mirror_descent" in optim  # rendered from the docstrings
+    assert "Differences from torch.optim" in optim and "Steps that change nothing" in optim
     assert (site / "changelog" / "index.html").read_text().count("Unreleased") >= 1
     for page in ("convex_results", "imdb_results", "optim_benchmark", "svm_benchmark"):
         assert (site / page / "index.html").is_file(), page

@@ -276,6 +276,24 @@ _TRITON_SCRIPT = textwrap.dedent(
         ob.load_state_dict(ck["o"])
         run_k(b, ob, range(3, 5))
         assert all(torch.equal(x, y) for x, y in zip(a, b)), p
+    # issue 25: an entry whose θ does not move keeps its bits (a zero gradient on the first step,
+    # a frozen row on later ones, a step too small to move θ), every p and dtype
+    for p in (1.01, 1.1, 1.75, 2.0, 3.0):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            w = make_params((40, 30), (1500,), dtype=dtype)
+            w0 = [x.detach().clone() for x in w]
+            opt = MirrorDescent(w, lr=0.05, p=p, fused=True)
+            for k in range(3):
+                for x, g in zip(w, grads_like(w, seed=k)):
+                    x.grad = torch.zeros_like(g) if k == 0 else g.index_fill(0, torch.tensor([3]), 0.0)
+                opt.step()
+                assert all(torch.equal(x[3], y[3]) for x, y in zip(w, w0)), (p, dtype, k)
+                if k == 0:
+                    assert all(torch.equal(x, y) for x, y in zip(w, w0)), (p, dtype)
+            before = [x.detach().clone() for x in w]
+            opt.param_groups[0]["lr"] = 1e-30
+            opt.step()
+            assert all(torch.equal(x, y) for x, y in zip(w, before)), (p, dtype, "tiny lr")
     print("TRITON-OK")
     """
 )
@@ -352,7 +370,7 @@ def test_triton_kernels_compile_for_a_gpu():
                                   "b_ptrs", "s_ptrs", "scalars")} | {"flag": "*i32", "lr_ptr": "*fp32"}
     base = dict(W_TY=tl.float32, G_TY=tl.float32, T_TY=tl.float32, KIND=4, N=10, OWN=False, HAS_SCALE=False,
                 HAS_MOMENTUM=False, HAS_DECAY=False, PRECISE=True, ALIGNED=True, HAS_FLAG=False, LR_TENSOR=False,
-                BLOCK=_triton.BLOCK)
+                BLOCK=_triton.BLOCK, MASKED=True)
     ops = {}
     for name, change in {
         "int": {}, "unaligned": dict(ALIGNED=False), "general": dict(KIND=3, N=0), "halfint": dict(KIND=5, N=2),
@@ -360,6 +378,7 @@ def test_triton_kernels_compile_for_a_gpu():
         "f64": dict(W_TY=tl.float64, G_TY=tl.float64, T_TY=tl.float64, KIND=3, N=0),
         "own": dict(KIND=0, N=0, OWN=True), "all options": dict(HAS_SCALE=True, HAS_MOMENTUM=True, HAS_DECAY=True),
         "flag": dict(HAS_FLAG=True), "capturable": dict(HAS_FLAG=True, LR_TENSOR=True, HAS_DECAY=True),
+        "unmasked": dict(MASKED=False),
     }.items():
         ops[name] = _ptx_ops(_compile_for_gpu(_triton._md_kernel, tables, dict(base, **change)))
     assert ops["int"]["ld.global.v4.b32"] > 0 and ops["int"]["st.global.v4.b32"] > 0

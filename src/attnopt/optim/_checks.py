@@ -7,6 +7,7 @@ Every error is an ordinary ``ValueError`` or ``TypeError`` naming the option and
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -14,13 +15,33 @@ from torch import Tensor
 
 from attnopt.mirror import check_p
 
-__all__ = ["check_group", "group_key", "DUAL_DTYPES", "REQUIRED_KEYS"]
+__all__ = ["check_group", "group_key", "fill_group", "DUAL_DTYPES", "REQUIRED_KEYS", "GROUP_DEFAULTS", "GROUP_COUNTERS"]
 
 #: Dtypes θ may have: it accumulates updates below the weights' resolution, so at least float32.
 DUAL_DTYPES = (torch.float32, torch.float64)
 
 #: Keys a saved parameter group must have to be MirrorDescent's.
 REQUIRED_KEYS = ("lr", "p")
+
+#: Every option of a parameter group and its default (those of ``MirrorDescent.__init__``; p has
+#: none: None stands for "given per group").  They fill a group added or loaded without them: an
+#: older state dict, a group appended to ``param_groups`` directly.
+GROUP_DEFAULTS: dict[str, Any] = dict(lr=1e-3, p=None, normalize=False, eps=0.0, momentum=0.0, weight_decay=0.0,
+                                      maximize=False, foreach=None, fused=None, compiled=None, capturable=False,
+                                      dual_dtype=None)
+
+#: What each group counts (applied and skipped steps).
+GROUP_COUNTERS = ("step", "skipped_steps")
+
+
+def fill_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Give ``group`` every option it lacks (from ``defaults``, then :data:`GROUP_DEFAULTS`) and
+    its step counters, as torch's optimizers do in ``__setstate__``."""
+    for name, value in GROUP_DEFAULTS.items():
+        if name not in group:
+            group[name] = defaults.get(name, value)
+    for name in GROUP_COUNTERS:
+        group.setdefault(name, 0)
 
 
 def _check_real(name: str, value: Any, where: str, *, low: float | None = None, low_open: bool = False,
@@ -29,7 +50,8 @@ def _check_real(name: str, value: Any, where: str, *, low: float | None = None, 
         if value.numel() != 1:
             raise ValueError(f"{name} must be a number or a 1-element tensor{where}, got shape {tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # any real number: int, float, numpy's float32/int64, fractions.Fraction, …
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number{where}, got {type(value).__name__}")
     v = float(value)
     if not math.isfinite(v):
@@ -47,9 +69,11 @@ def _lr(value: Any, where: str) -> Any:
     """A float, or the tensor itself (kept so that schedulers can ``fill_`` it and a captured
     step reads it); a tensor's value is checked only where reading it costs no synchronisation."""
     if isinstance(value, Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise TypeError(f"a tensor learning rate (lr) must be one floating-point element{where}, "
-                            f"got {value.dtype} of shape {tuple(value.shape)}")
+        if value.numel() != 1:  # as torch's optimizers: a ValueError
+            raise ValueError(f"a tensor learning rate (lr) must have one element{where}, got shape {tuple(value.shape)}")
+        if not value.is_floating_point():
+            raise TypeError(f"a tensor learning rate (lr) must be floating-point{where} (a scheduler writes "
+                            f"fractions into it), got {value.dtype}")
         if value.device.type == "cpu" and not torch.compiler.is_compiling():
             _check_real("learning rate (lr)", value, where, low=0.0)
         return value
@@ -61,6 +85,9 @@ def check_group(group: dict[str, Any], index: int | None = None, *, params: bool
     ``params``, also its parameters (dtypes) and the fused path's availability."""
     where = "" if index is None else f" (param_groups[{index}])"
     group["lr"] = _lr(group["lr"], where)
+    if group["p"] is None:
+        raise ValueError(f"MirrorDescent needs p{where}, the exponent of the potential (a number > 1): "
+                         "pass p=… or give every parameter group its p")
     try:
         group["p"] = check_p(group["p"])
     except (TypeError, ValueError) as exc:

@@ -10,18 +10,25 @@ square root instead (see :func:`attnopt.optim._math.classify_exponent`).
 
 Scalars (step size, decay factor, exponents) are passed as one small tensor so that LR
 schedules and different p do not trigger recompilation; what does recompile is a new set of
-shapes, dtypes or on/off options (normalize, momentum, weight decay, exponent kind).
+shapes, dtypes or on/off options (normalize, momentum, weight decay, exponent kind).  Past
+:data:`RECOMPILE_LIMIT` graphs (a process building many optimizers over different shapes),
+a step runs on the eager path with a warning instead of failing.
+
+The weights are written only where θ moved: the round trip ∇ψ*(∇ψ(w)) is not exact, so a
+zero gradient must not rewrite w from θ (the graph then reads w as well as g and θ).
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 from torch import Tensor
 
 from attnopt.mirror import dual_exponent
-from attnopt.optim._math import int_power, step_constants
+from attnopt.optim._eager import multi_tensor_mirror_descent, single_tensor_mirror_descent
+from attnopt.optim._math import int_power, round_trip_exact, step_constants
 
 __all__ = ["compiled_mirror_descent"]
 
@@ -38,6 +45,7 @@ def _step_graph(
     normalize: bool,
     has_momentum: bool,
     has_decay: bool,
+    masked: bool,
     omax: float,
     dmax: float,
 ) -> None:
@@ -62,6 +70,7 @@ def _step_graph(
             theta.copy_(t)
             continue
         t = t.clamp(-dmax, dmax)
+        changed = t != theta  # the weights move only where θ did (the round trip is not exact)
         theta.copy_(t)
         a = t.abs()
         if kind == "sqrt":
@@ -78,12 +87,28 @@ def _step_graph(
             mag = torch.exp(e * torch.log(a))
         if kind != "sqrt":
             mag = mag.clamp(max=omax)
-        params[i].copy_(torch.copysign(mag, t).to(params[i].dtype))
+        w = torch.copysign(mag, t).to(params[i].dtype)
+        params[i].copy_(torch.where(changed, w, params[i]) if masked else w)
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_graph():
     return torch.compile(_step_graph, fullgraph=True, dynamic=False)
+
+
+#: Graphs kept for the step (one per combination of shapes, dtypes and options); a process that
+#: builds optimizers over more combinations runs the rest on the eager path, with one warning.
+RECOMPILE_LIMIT = 64
+
+_LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit", "RecompileLimitExceeded", "CacheLimitExceeded")
+_LIMIT_MESSAGE = (
+    "MirrorDescent(compiled=True): torch.compile's limit of {} graphs for the step is reached (many "
+    "parameter shapes in one process); the steps of further shapes run on the eager path"
+)
+
+
+def _1d(t: Tensor) -> Tensor:
+    return t.view(1) if t.dim() == 0 else t
 
 
 def compiled_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
@@ -92,21 +117,32 @@ def compiled_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, no
     q = dual_exponent(p)
     batches: dict[tuple, list[int]] = {}
     for i, (param, grad, theta) in enumerate(zip(params, grads, duals)):
+        if param.numel() == 0:  # nothing to update (and a reduction over no element would not trace)
+            continue
         t = param if theta is None else theta
         batches.setdefault((param.device, param.dtype, t.dtype, grad.dtype, theta is None), []).append(i)
     fn = _compiled_graph()
     for (device, pdtype, ddtype, _, own), idx in batches.items():
         scalars = torch.tensor([alpha, decay, e, q, eps, momentum], dtype=ddtype, device=device)
-        thetas = [params[i] if own else duals[i] for i in idx]
-        bufs = [momentum_buffers[i] for i in idx] if momentum != 0.0 else []
+        # 0-d tensors as 1-element views: the compiled graph loses its writes into 0-d inputs
+        thetas = [_1d(params[i] if own else duals[i]) for i in idx]
+        bufs = [_1d(momentum_buffers[i]) for i in idx] if momentum != 0.0 else []
         try:
-            with torch._dynamo.config.patch(recompile_limit=64):
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
                 fn(
-                    [params[i] for i in idx], [grads[i] for i in idx], thetas, bufs, scalars,
+                    [_1d(params[i]) for i in idx], [_1d(grads[i]) for i in idx], thetas, bufs, scalars,
                     kind, n, own, normalize, momentum != 0.0, decay != 1.0,
+                    not own and not round_trip_exact(e, pdtype, ddtype),
                     float(torch.finfo(pdtype).max), float(torch.finfo(ddtype).max),
                 )
         except Exception as exc:  # the toolchain, not the maths: say so
+            if type(exc).__name__ in _LIMIT_ERRORS:  # raised before the graph runs: nothing written
+                warnings.warn(_LIMIT_MESSAGE.format(RECOMPILE_LIMIT), RuntimeWarning, stacklevel=4)
+                eager = multi_tensor_mirror_descent if device.type != "cpu" else single_tensor_mirror_descent
+                eager([params[i] for i in idx], [grads[i] for i in idx], [duals[i] for i in idx],
+                      [momentum_buffers[i] for i in idx], lr=lr, p=p, normalize=normalize, eps=eps,
+                      momentum=momentum, weight_decay=weight_decay, maximize=maximize)
+                continue
             if type(exc).__name__ in ("BackendCompilerFailed", "InductorError", "CppCompileError"):
                 raise RuntimeError(
                     "MirrorDescent(compiled=True) could not compile its step with torch.compile "

@@ -26,7 +26,7 @@ from torch.optim.optimizer import Optimizer
 from attnopt import native
 from attnopt.native import KernelBuildError
 from attnopt.optim._eager import single_tensor_mirror_descent
-from attnopt.optim._math import lq_scale, step_constants
+from attnopt.optim._math import lq_scale, round_trip_exact, step_constants
 
 __all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports", "KernelBuildError"]
 
@@ -53,7 +53,7 @@ def _build() -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, i, d = ctypes.c_void_p, ctypes.c_int, ctypes.c_double
     lib.attnopt_md_step.restype = i
-    lib.attnopt_md_step.argtypes = [i, vp, vp, vp, vp, vp, vp, i, i, i, d, d, d, i, i, d, d, i, i]
+    lib.attnopt_md_step.argtypes = [i, vp, vp, vp, vp, vp, vp, i, i, i, d, d, d, i, i, d, d, i, i, i, vp]
     lib.attnopt_count_nonfinite.restype = ctypes.c_int64
     lib.attnopt_count_nonfinite.argtypes = [i, vp, vp, i, i]
     return lib
@@ -115,8 +115,9 @@ def count_nonfinite(grads: list[Tensor]) -> int:
 
 
 def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
-                             momentum, weight_decay, maximize) -> None:
-    """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`)."""
+                             momentum, weight_decay, maximize, exact: list[bool] | None = None) -> None:
+    """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`,
+    ``exact`` included)."""
     lr = float(lr)  # a CPU tensor lr: no synchronisation
     e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
     kernel: dict[tuple, list[int]] = {}
@@ -126,20 +127,26 @@ def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, n
     for (_, pdtype), ((ps, gs, ds, bs), idx) in grouped.items():
         for param, grad, theta, buf, i in zip(ps, gs, ds, bs, idx):
             if kernel_supports(param, grad, theta, buf):
-                kernel.setdefault((pdtype, grad.dtype, theta is None), []).append(i)
+                own = theta is None
+                masked = not own and not (exact is not None and exact[i]) and not round_trip_exact(e, pdtype, theta.dtype)
+                kernel.setdefault((pdtype, grad.dtype, own, masked), []).append(i)
             else:
                 rest.append(i)
     if rest:
+        sub = None if exact is None else [exact[i] for i in rest]
         single_tensor_mirror_descent(
             [params[i] for i in rest], [grads[i] for i in rest], [duals[i] for i in rest],
             [momentum_buffers[i] for i in rest], lr=lr, p=p, normalize=normalize, eps=eps,
-            momentum=momentum, weight_decay=weight_decay, maximize=maximize,
+            momentum=momentum, weight_decay=weight_decay, maximize=maximize, exact=sub,
         )
+        if exact is not None:
+            for i, flag in zip(rest, sub):
+                exact[i] = flag
     if not kernel:
         return
     lib = load()
     threads = torch.get_num_threads()
-    for (pdtype, gdtype, own), idx in kernel.items():
+    for (pdtype, gdtype, own, masked), idx in kernel.items():
         ws = [params[i].detach() for i in idx]
         thetas = ws if own else [duals[i] for i in idx]
         gs = [grads[i] for i in idx]
@@ -148,13 +155,17 @@ def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, n
         if normalize:
             scales = (ctypes.c_double * len(idx))(*[float(lq_scale(g, p, eps, torch.float32)) for g in gs])
         sizes = (ctypes.c_int64 * len(idx))(*[w.numel() for w in ws])
+        inexact = (ctypes.c_int * len(idx))() if masked else None
         rc = lib.attnopt_md_step(
             len(idx), _ptrs(ws), _ptrs(thetas), _ptrs(gs), bufs, sizes, scales,
             _DTYPES[pdtype], _DTYPES[gdtype], int(own), alpha, decay, momentum,
-            _KINDS[kind], n, e, float(torch.finfo(pdtype).max), 1, threads,
+            _KINDS[kind], n, e, float(torch.finfo(pdtype).max), 1, threads, int(masked), inexact,
         )
         if rc != 0:
             raise MemoryError("attnopt CPU kernel: out of memory")
+        if masked and exact is not None:
+            for i, bad in zip(idx, inexact):
+                exact[i] = not bad
         # the kernel wrote through raw pointers: mark the weights as modified in place, as the
         # other paths' copy_ does (autograd's saved-tensor checks see it)
         for w in ws:

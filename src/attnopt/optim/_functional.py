@@ -103,6 +103,7 @@ def mirror_descent(
     compiled: bool | None = None,
     found_inf: Tensor | None = None,
     fused_plan: dict | None = None,
+    exact: list[bool] | None = None,
 ) -> None:
     r"""Functional ℓp mirror-descent step (see :class:`~attnopt.optim.MirrorDescent` for the update).
 
@@ -115,6 +116,12 @@ def mirror_descent(
     synchronisation).  ``lr`` may be a tensor.  ``fused_plan``: a dict kept between calls
     in which the Triton path keeps its launch plan.  No hyper-parameter validation happens
     here; :class:`~attnopt.optim.MirrorDescent` does it.
+
+    The weights are written only where θ moved (an unmoved entry keeps its bits: ∇ψ*(∇ψ(w)) is
+    not exactly w).  ``exact``: per tensor, True where its weights are known to equal ∇ψ*(θ)
+    everywhere, so that the host paths (fused CPU, foreach, single-tensor) may write it whole, at
+    the plain step's speed; they set an entry to True when a masked step on the CPU finds it so
+    (a tensor with a frozen row stays masked).  None: every tensor masked.
     """
     if not params:
         return
@@ -138,12 +145,15 @@ def mirror_descent(
         selected_mirror_descent(params, grads, duals, momentum_buffers, found_inf=found_inf, **hyper)
         return
     hyper["lr"] = float(lr)  # a CPU tensor: no synchronisation
+    if impl == "compiled":
+        from attnopt.optim._compiled import compiled_mirror_descent
+
+        compiled_mirror_descent(params, grads, duals, momentum_buffers, **hyper)
+        return
     if impl == "fused-cpu":
         from attnopt.optim._cpu import cpu_fused_mirror_descent as func
-    elif impl == "compiled":
-        from attnopt.optim._compiled import compiled_mirror_descent as func
     elif impl == "foreach":
         func = multi_tensor_mirror_descent
     else:
         func = single_tensor_mirror_descent
-    func(params, grads, duals, momentum_buffers, **hyper)
+    func(params, grads, duals, momentum_buffers, exact=exact, **hyper)

@@ -30,6 +30,7 @@ __all__ = [
     "mirror_map",
     "inverse_map_into",
     "inverse_map",
+    "round_trip_exact",
     "lq_scale",
     "dual_decay_factor",
     "step_constants",
@@ -127,19 +128,26 @@ def mirror_map(w: Tensor, p: float, dtype: torch.dtype) -> Tensor:
     return theta.clamp_(-fmax, fmax)
 
 
-def inverse_map_into(theta: Tensor, e: float, out: Tensor) -> None:
+def inverse_map_into(theta: Tensor, e: float, out: Tensor, changed: Tensor | None = None) -> Tensor | None:
     r"""``out ← sign(θ)|θ|^e`` (the inverse map), clamped to ``out``'s finite range.
 
     ``θ`` is left untouched.  e = 1 (p = 2) is a cast, e = 1/2 (p = 3) a square root,
-    e = 2 (p = 1.5) a square; any other exponent is one ``pow``.
+    e = 2 (p = 1.5) a square; any other exponent is one ``pow``.  With ``changed`` (a bool
+    tensor like θ), only those entries are written and the others keep their bits: the
+    step's write of the weights where θ moved (the round trip ∇ψ*(∇ψ(w)) is not exact, so
+    rewriting an unmoved entry could change it; see :func:`round_trip_exact`), and the whole
+    inverse map is returned (in ``out``'s dtype), so that the caller can tell whether ``out``
+    now equals it everywhere.
     """
     omax = _finfo_max(out.dtype)
     if e == 1.0:  # p = 2
-        if omax < _finfo_max(theta.dtype):
-            out.copy_(theta.clamp(-omax, omax))
-        else:
-            out.copy_(theta)
-        return
+        a = theta.clamp(-omax, omax) if omax < _finfo_max(theta.dtype) else theta
+        if changed is None:
+            out.copy_(a)
+            return None
+        a = a.to(out.dtype)
+        torch.where(changed, a, out, out=out)
+        return a
     a = theta.abs()
     kind, n = classify_exponent(e)
     if kind == "sqrt":
@@ -154,10 +162,23 @@ def inverse_map_into(theta: Tensor, e: float, out: Tensor) -> None:
         a.pow_(e)
     if e > 1.0 or omax < _finfo_max(theta.dtype):
         a.clamp_max_(omax)
+    if changed is not None:
+        a = a.copysign_(theta).to(out.dtype)
+        torch.where(changed, a, out, out=out)
+        return a
     if out.dtype == a.dtype:
         torch.copysign(a, theta, out=out)
     else:
         out.copy_(a.copysign_(theta))
+    return None
+
+
+def round_trip_exact(e: float, param_dtype: torch.dtype, dual_dtype: torch.dtype) -> bool:
+    """Whether ∇ψ*(∇ψ(w)) = w holds for every weight, so that rewriting the weights where θ
+    did not move changes nothing: only for p = 2 (e = 1) with θ at least as wide as the
+    weights (a widening cast and back).  Every other case needs the ``changed`` mask of
+    :func:`inverse_map_into` (p = 1.1: most float32 weights miss by a few ulp)."""
+    return e == 1.0 and torch.promote_types(param_dtype, dual_dtype) == dual_dtype
 
 
 def inverse_map(theta: Tensor, e: float, dtype: torch.dtype) -> Tensor:

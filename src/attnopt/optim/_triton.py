@@ -4,6 +4,8 @@ Each program handles one block of ``BLOCK`` elements of one tensor; small device
 give, per block, its tensor and offset, and, per tensor, the addresses of w, g, θ (and the
 momentum buffer) and the normalisation scale.  Per element the kernel reads g and θ once and
 writes θ and w once (plus the momentum buffer when on) — the minimum traffic of the update.
+w is stored only where θ moved (a masked store: no read of w), since ∇ψ*(∇ψ(w)) is not
+exactly w and a zero gradient must leave w's bits alone.
 A whole block (all but each tensor's last) runs unmasked, and when every address of the
 batch is a multiple of 16 bytes (as the caching allocator hands them out) the kernel is told
 so, and its loads and stores become 16-byte vector accesses.
@@ -40,7 +42,7 @@ from torch import Tensor
 
 from torch.optim.optimizer import Optimizer
 
-from attnopt.optim._math import BIG, TRITON_INTERPRETING, lq_scale, step_constants
+from attnopt.optim._math import BIG, TRITON_INTERPRETING, lq_scale, round_trip_exact, step_constants
 
 try:
     import triton
@@ -98,6 +100,7 @@ def _md_kernel(
     KIND: tl.constexpr, N: tl.constexpr, OWN: tl.constexpr, HAS_SCALE: tl.constexpr,
     HAS_MOMENTUM: tl.constexpr, HAS_DECAY: tl.constexpr, PRECISE: tl.constexpr,
     ALIGNED: tl.constexpr, HAS_FLAG: tl.constexpr, LR_TENSOR: tl.constexpr, BLOCK: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
     if HAS_FLAG:
         if tl.load(flag) != 0:  # the step's check found a NaN/inf gradient: write nothing
@@ -142,17 +145,17 @@ def _md_kernel(
     offs = start + tl.arange(0, BLOCK)
     if start + BLOCK <= n:  # a whole block: no mask, so the accesses can be vectorised
         _md_block(offs, tl.full([BLOCK], 1, tl.int1), w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu,
-                  omax, dmax, W_TY, T_TY, KIND, N, OWN, HAS_SCALE, HAS_MOMENTUM, HAS_DECAY, PRECISE)
+                  omax, dmax, W_TY, T_TY, KIND, N, OWN, HAS_SCALE, HAS_MOMENTUM, HAS_DECAY, PRECISE, MASKED)
     else:
         _md_block(offs, offs < n, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu,
-                  omax, dmax, W_TY, T_TY, KIND, N, OWN, HAS_SCALE, HAS_MOMENTUM, HAS_DECAY, PRECISE)
+                  omax, dmax, W_TY, T_TY, KIND, N, OWN, HAS_SCALE, HAS_MOMENTUM, HAS_DECAY, PRECISE, MASKED)
 
 
 @triton.jit
 def _md_block(offs, mask, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu, omax, dmax,
               W_TY: tl.constexpr, T_TY: tl.constexpr, KIND: tl.constexpr, N: tl.constexpr, OWN: tl.constexpr,
               HAS_SCALE: tl.constexpr, HAS_MOMENTUM: tl.constexpr, HAS_DECAY: tl.constexpr,
-              PRECISE: tl.constexpr):
+              PRECISE: tl.constexpr, MASKED: tl.constexpr):
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(T_TY)
     if HAS_SCALE:
         g = g * scale
@@ -160,7 +163,8 @@ def _md_block(offs, mask, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu
         b = tl.load(b_ptr + offs, mask=mask, other=0.0) * mu + g
         tl.store(b_ptr + offs, b, mask=mask)
         g = b
-    th = tl.load(t_ptr + offs, mask=mask, other=0.0)
+    th0 = tl.load(t_ptr + offs, mask=mask, other=0.0)
+    th = th0
     if HAS_DECAY:
         th = th * decay
     th = th + alpha * g
@@ -193,7 +197,10 @@ def _md_block(offs, mask, w_ptr, g_ptr, t_ptr, b_ptr, scale, alpha, decay, e, mu
                 mag = tl.exp(e * tl.log(a))
         mag = tl.minimum(mag, omax)
         w = tl.where(th < 0, -mag, mag)
-        tl.store(w_ptr + offs, w.to(W_TY), mask=mask)
+        if MASKED:  # the weights move only where θ did: ∇ψ*(∇ψ(w)) is not exactly w
+            tl.store(w_ptr + offs, w.to(W_TY), mask=mask & (th != th0))
+        else:
+            tl.store(w_ptr + offs, w.to(W_TY), mask=mask)
 
 
 @triton.jit
@@ -423,7 +430,7 @@ def prepare_step(plan: FusedPlan, grads: list[Tensor], *, lr, p, normalize, eps,
         consts = dict(W_TY=_TL_DTYPES[pdtype], G_TY=_TL_DTYPES[gdtype], T_TY=_TL_DTYPES[ddtype],
                       KIND=_KINDS[kind], N=npow, OWN=own, HAS_SCALE=normalize, HAS_MOMENTUM=momentum != 0.0,
                       HAS_DECAY=decay != 1.0, PRECISE=not INTERPRETING, ALIGNED=vector, LR_TENSOR=lr_tensor,
-                      BLOCK=BLOCK)
+                      BLOCK=BLOCK, MASKED=not own and not round_trip_exact(e, pdtype, ddtype))
         launches.append(_Launch(nb, (bt, bst, nt, wp, gp, tp, bp, sp, scalars, lr_ptr), codes, consts, device,
                                 (gs, scales)))
     return launches

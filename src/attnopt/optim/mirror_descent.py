@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from attnopt.optim import _dist
-from attnopt.optim._checks import REQUIRED_KEYS, check_group, group_key
+from attnopt.optim import _dist, _statedict
+from attnopt.optim._checks import GROUP_DEFAULTS, check_group, fill_group, group_key
 from attnopt.optim._functional import mirror_descent, resolve_implementation
 from attnopt.optim._math import BIG, default_dual_dtype
 from attnopt.optim._nonfinite import (
@@ -74,9 +74,14 @@ class MirrorDescent(Optimizer):
         params: iterable of parameters or dicts defining parameter groups; any option
             below except ``nonfinite`` may be set per group.
         lr (float or Tensor): step size η ≥ 0, read from the group at every step (LR
-            schedulers work).  A one-element tensor is kept as is (schedulers ``fill_`` it),
-            and with ``capturable=True`` on the parameters' device it is read by the device.
+            schedulers work).  Default: 1e-3, as torch's SGD and Adam.  Any real number
+            (``numbers.Real``: numpy scalars too) is kept as a float; a one-element tensor is
+            kept as is (schedulers ``fill_`` it), and with ``capturable=True`` on the
+            parameters' device it is read by the device; a tensor of several elements is a
+            ``ValueError``.
         p (float): exponent of the potential, finite and > 1 (numerically tested on [1.01, 10]).
+            Required, here or in every parameter group: it is the geometry of the method (p = 2
+            is SGD), so it has no default.
         normalize (bool): divide each tensor's gradient by its ℓq norm, q = p/(p−1)
             (the normalised ℓp-AttGD of the spec).  Default: False.
         eps (float): ε ≥ 0 added to the ℓq norm.  Default: 0 (a zero gradient still gives
@@ -96,7 +101,8 @@ class MirrorDescent(Optimizer):
         foreach (bool, optional): ``True`` the ``torch._foreach_*`` path, ``False`` the
             single-tensor loop.
         compiled (bool, optional): the step of each batch as one ``torch.compile``'d graph
-            (the first step of each new shape/dtype/option combination compiles).
+            (the first step of each new shape/dtype/option combination compiles; past 64
+            graphs in a process, further combinations run on the eager path, with a warning).
         capturable (bool): no host synchronisation and no host decision on device values in a
             step, so that it can be captured in a CUDA graph (warm up a few steps first, as for
             any capture); lr may be a tensor on the device.  Non-finite gradients are then
@@ -130,6 +136,31 @@ class MirrorDescent(Optimizer):
     with those recorded after the optimizer's own write; when they moved (e.g. an in-place
     ``mul_``), only the entries whose weight no longer equals ∇ψ*(θ) (to 2 ulp) are rebuilt.
 
+    Steps that change nothing.  The weights are written only where θ moved: an entry whose
+    θ did not change keeps its bits exactly, on every path, p and dtype — a zero gradient
+    (with no momentum carried and no weight decay), a frozen row, a step below θ's
+    resolution.  This matters because θ is built from the weights (at the first step, after
+    an edit) and the round trip ∇ψ*(∇ψ(w)) is not exact for p ≠ 2 (p = 1.1: most float32
+    weights miss by a few ulp), so rewriting an unmoved weight from θ would perturb frozen
+    embedding rows and masked tokens.  A tiny non-zero gradient that does move θ sets
+    w = ∇ψ*(θ): the step plus, once, that round trip error (about ``(p−1)⁻¹·2⁻²⁴`` relative
+    with a float32 θ, below the resolution noted under *Numerics*); from then on w and θ are
+    in step.  A step with lr 0 in every group and every gradient and momentum buffer zero
+    (the state initialisation of ``torch.distributed.checkpoint``'s state-dict helpers)
+    builds the state but is not counted in ``"step"``.  Cost: a tensor is written with a mask
+    until every weight of it is known to equal ∇ψ*(θ) (found by the host paths during a masked
+    step on the CPU; typically after a step or two); a frozen row, or an update that stays below
+    half an ulp of θ step after step, keeps it masked, which costs the fused CPU step about
+    1.25× (it reads the old weights; measured on benchmarks/optim.py's shapes at lr 1e-4, where
+    a quarter of the entries never move at p = 1.1) and the eager paths up to 2×.
+
+    Conventions.  MirrorDescent follows torch.optim (its generic optimizer tests are ported in
+    tests/test_optim_conventions*.py): hooks, schedulers, closures, named parameters, groups
+    added with ``add_param_group`` or appended to ``param_groups`` directly (they get the
+    defaults), state dicts from older versions (missing options take their defaults),
+    ``load_state_dict`` pre-hooks before the checks.  Its deliberate differences are listed
+    in the documentation (docs/api/optim.md, "Differences from torch.optim").
+
     Resume.  ``state_dict()`` also holds, per parameter, ``"synced_weights"``: the weights θ
     is in step with (a reference to the parameter, not a copy; saved together with the
     model's weights it costs nothing).  After ``load_state_dict`` θ is kept exactly wherever
@@ -151,7 +182,7 @@ class MirrorDescent(Optimizer):
     float32; float64 θ removes it.
     """
 
-    def __init__(self, params, lr: float | Tensor, p: float, normalize: bool = False, eps: float = 0.0,
+    def __init__(self, params, lr: float | Tensor = 1e-3, p: float | None = None, normalize: bool = False, eps: float = 0.0,
                  momentum: float = 0.0, weight_decay: float = 0.0, *, foreach: bool | None = None,
                  fused: bool | None = None, compiled: bool | None = None, capturable: bool = False,
                  dual_dtype: torch.dtype | None = None, nonfinite: str = "raise", maximize: bool = False) -> None:
@@ -174,18 +205,42 @@ class MirrorDescent(Optimizer):
         self._impls: list[str] = []  # group index -> implementation
         self._records: dict[torch.device, DeviceRecord] = {}  # the device-side non-finite accounts
         self._meshes: list | None = None
+        self._known: list[dict] = []  # group index -> the group object its caches belong to
+        self._exact: set[int] = set()  # id(param) whose weights equal ∇ψ*(θ) everywhere (written unmasked)
         self._warned = getattr(self, "_warned", False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         gi = len(self.param_groups) - 1
-        group = self.param_groups[gi]
-        group.setdefault("step", 0)
-        group.setdefault("skipped_steps", 0)
-        check_group(group, gi if gi else None)
+        try:
+            self._adopt(gi, self.param_groups[gi], gi if gi else None)
+        except (TypeError, ValueError):
+            del self.param_groups[gi]  # refused: the optimizer stays as it was
+            raise
+
+    def _adopt(self, gi: int, group: dict[str, Any], where: int | None) -> None:
+        """Fill, check and resolve group ``gi``, and reset the caches kept for that index."""
+        fill_group(group, self.defaults)
+        check_group(group, where)
+        del self._impls[gi:], self._known[gi:]
+        for cache in (self._snapshots, self._plans):
+            cache.pop(gi, None)
         self._checked[gi] = group_key(group)
         self._impls.append(self._resolve(group))
+        self._known.append(group)
         self._meshes = None
+
+    def _adopt_groups(self) -> None:
+        """Groups appended to, replaced in or removed from ``param_groups`` directly (as some
+        libraries do) get defaults, checks and caches as ``add_param_group`` gives them."""
+        groups = self.param_groups
+        if len(self._known) == len(groups) and all(map(operator.is_, self._known, groups)):
+            return
+        first = next((i for i, (a, b) in enumerate(zip(self._known, groups)) if a is not b),
+                     min(len(self._known), len(groups)))
+        del self._impls[first:], self._known[first:]
+        for gi in range(first, len(groups)):
+            self._adopt(gi, groups[gi], gi)
 
     def _resolve(self, group: dict[str, Any]) -> str:
         impl, why = resolve_implementation(group["params"], foreach=group["foreach"], fused=group["fused"],
@@ -199,11 +254,13 @@ class MirrorDescent(Optimizer):
     @property
     def implementation(self) -> str:
         """The path the steps take (see the class docstring)."""
+        self._adopt_groups()
         if len(set(self._impls)) <= 1:
             return self._impls[0] if self._impls else "single"
         return "; ".join(f"group {i}: {impl}" for i, impl in enumerate(self._impls))
 
     def __repr__(self) -> str:
+        self._adopt_groups()
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
             lines.append(f"Parameter Group {i}")
@@ -212,14 +269,18 @@ class MirrorDescent(Optimizer):
         return "\n".join(lines + [f"nonfinite: {self.nonfinite}", ")"])
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling, and the end of ``load_state_dict``: options added since a state was saved
+        get their defaults (as torch's optimizers fill theirs), so older checkpoints load."""
         super().__setstate__(state)
         self.__dict__.setdefault("nonfinite", "raise")
+        for name, value in GROUP_DEFAULTS.items():
+            self.defaults.setdefault(name, value)
         for group in self.param_groups:
-            for key, value in dict(step=0, skipped_steps=0, compiled=None, capturable=False).items():
-                group.setdefault(key, value)
+            fill_group(group, self.defaults)
         self._reset_caches()
         self._impls = [self._resolve(group) for group in self.param_groups]
         self._checked = {gi: group_key(group) for gi, group in enumerate(self.param_groups)}
+        self._known = list(self.param_groups)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -242,44 +303,16 @@ class MirrorDescent(Optimizer):
     # -- state dict ----------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's state dict, with ``"synced_weights"`` (see *Resume* in the class docstring)."""
-        self._report_deferred(wait=True, raise_error=False)
-        sd = super().state_dict()
-        index = 0
-        for gi, group in enumerate(self.param_groups):
-            for param in group["params"]:
-                state = self.state.get(param)
-                if state and "dual" in state and index in sd["state"]:
-                    if self._versions.get(id(param)) != key(param):  # edited since our last write
-                        sync_dual(param, state, group, index)
-                        self._versions[id(param)] = key(param)
-                    sd["state"][index] = dict(sd["state"][index], synced_weights=param.detach())
-                index += 1
-        return sd
+        """torch's state dict, with ``"synced_weights"`` (see *Resume* in the class docstring);
+        the pre- and post-hooks run first and last, as torch's."""
+        return _statedict.state_dict(self, super().state_dict)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load state (checked first: a state dict of another optimizer is refused); θ and
-        momentum keep their saved dtype (torch would cast them to the parameter's)."""
-        for gi, saved in enumerate(state_dict.get("param_groups", [])):
-            missing = [k for k in REQUIRED_KEYS if k not in saved]
-            if missing:
-                keys = ", ".join(sorted(k for k in saved if k != "params"))
-                raise ValueError(f"not a MirrorDescent state_dict: its param_groups[{gi}] has no {', '.join(missing)} "
-                                 f"(it has {keys}; torch.optim.SGD's, for one, has no p)")
-            check_group(dict(self.defaults, **{k: v for k, v in saved.items() if k != "params"}), gi, params=False)
-        saved_state = state_dict["state"]
-        super().load_state_dict(state_dict)
-        id_map = dict(zip(chain.from_iterable(g["params"] for g in state_dict["param_groups"]),
-                          chain.from_iterable(g["params"] for g in self.param_groups)))
-        for key, value in saved_state.items():
-            param = id_map.get(key)
-            if param is None:
-                continue
-            for name in ("dual", "momentum_buffer", "synced_weights"):
-                if isinstance(value.get(name), Tensor):
-                    self.state[param][name] = value[name].to(device=param.device, copy=True)
-        for gi, group in enumerate(self.param_groups):
-            check_group(group, gi)
+        """Load state: the pre-hooks run first (so that one can convert another optimizer's
+        state dict), then the checks (a state dict of another optimizer is refused; options it
+        lacks, from an older version, take their defaults), the post-hooks last.  θ and momentum
+        keep their saved dtype (torch would cast them to the parameter's)."""
+        _statedict.load_state_dict(self, state_dict, super().load_state_dict)
 
     # -- step ----------------------------------------------------------------------------
 
@@ -316,6 +349,7 @@ class MirrorDescent(Optimizer):
             state = self.state[param]
             if check_all or self._versions.get(id(param)) != key(param):
                 sync_dual(param, state, group, start + offset)
+                self._exact.discard(id(param))
                 synced = True
             owners.append(param)
             params.append(_dist.local(param))
@@ -353,6 +387,7 @@ class MirrorDescent(Optimizer):
         """Report device-side findings of earlier steps, gather the groups, run the non-finite
         check; None when the step is skipped on the host."""
         self._report_deferred(wait=False)
+        self._adopt_groups()
         batches, start = [], 0
         for gi, group in enumerate(self.param_groups):
             batch = self._init_group(gi, group, start)
@@ -412,13 +447,18 @@ class MirrorDescent(Optimizer):
                     scales = _dist.global_lq_scales([o.grad for o in b.owners], group["p"], group["eps"],
                                                     b.duals[0].dtype if b.duals[0] is not None else b.params[0].dtype)
                     grads, hyper["normalize"] = [g * s for g, s in zip(grads, scales)], False
+                exact = ([id(x) in self._exact for x in b.owners]
+                         if self._impls[gi] in ("fused-cpu", "foreach", "single") else None)
                 mirror_descent(b.params, grads, b.duals, b.bufs, **hyper, **_FLAGS[self._impls[gi]],
-                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}))
+                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}), exact=exact)
+                if exact is not None:
+                    self._exact.update(id(x) for x, known in zip(b.owners, exact) if known)
         self._end_step(batches, flags)
         return loss
 
     @torch.compiler.disable
     def _end_step(self, batches: list[Batch], flags: dict) -> None:
+        counted = not _statedict.changed_nothing(self.param_groups, batches)
         for gi, (group, b) in enumerate(zip(self.param_groups, batches)):
             if b.params:
                 # the fused Triton kernel writes through raw pointers (no version bump): its
@@ -427,7 +467,7 @@ class MirrorDescent(Optimizer):
                 if self._impls[gi] != "fused-triton" or b.synced or snap is None or snap.batch.params is not b.params:
                     self._versions.update(zip(map(id, b.owners), map(key, b.owners)))
                     self._take_snapshot(gi, group, b)
-            group["step"] += 1
+            group["step"] += counted
         for device in flags:
             self._records[device].finalize()
 
