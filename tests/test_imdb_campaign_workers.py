@@ -35,8 +35,9 @@ needs_data = pytest.mark.skipif(not HAVE_DATA, reason="shared data folder not av
 #: 8 trials (p 1.1 and 2, seeds 0-3), 2 per ensemble: 4 ensembles, as the issue's tiny plan.
 #: Dropout 0: concurrent workers group the trials into ensembles by claim timing, and with
 #: dropout a member's masks depend on its partners (test_imdb_ensemble.py, the strict xfail
-#: test_a_member_is_the_same_with_any_partner[0.1]); without it a trial's weights
-#: are bitwise the same in any ensemble, so the tables of any number of workers must be equal.
+#: test_a_member_is_the_same_with_any_partner[0.1]); without it a trial's weights are bitwise the
+#: same in any ensemble of this plan (not in general: a member's gradient can differ by a few ulp
+#: with its partner, the strict xfail [0.0]), so the tables of any number of workers must be equal.
 WORKER_PLAN = """
 [campaign]
 max_members = 2
