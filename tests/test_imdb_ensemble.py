@@ -152,8 +152,11 @@ DROPOUT_DEFECT = pytest.mark.xfail(strict=True, reason=(
 GRADIENT_DEFECT = pytest.mark.xfail(strict=True, reason=(
     "known defect: a member's gradient depends on its partner by a few ulp (measured: member 0's gradients at "
     "step 30 of this run differ by up to 6e-8 between partners 1 and 2 while every weight before that step is "
-    "identical; cause not isolated yet, the members' shared packed/padded batch length is the suspect); before "
-    "the masked writes of issue 25 no rounded weight happened to change here, now one qkv entry does (1 ulp)"))
+    "identical). Cause: a packed batch pads every member's row to N, the longest member's token count, and the "
+    "weight gradients are GEMM reductions over those N rows; padded rows add exact zeros, but the GEMM's blocking, "
+    "and so its rounding, depends on N (measured: dW = dY^T X over 173 rows against 213 rows with 40 zero-gradient "
+    "rows differ by 1.9e-5, by 0 with 7 or 200). Before the masked writes of issue 25 no rounded weight happened to "
+    "change here; now one qkv entry does (1 ulp)"))
 
 
 @needs_data
