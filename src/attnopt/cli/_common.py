@@ -14,6 +14,7 @@ else is a bug and shows its traceback.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -174,6 +175,24 @@ def open_out(out: Optional[Path], experiment: str, config: Any, *, overwrite: bo
 
 # --------------------------------------------------------------------------------------
 # option parsers (errors name the option)
+
+
+_WHOLE = re.compile(r"\s*[-+]?\d+\s*")
+
+
+def whole(value: Any) -> int:
+    """The parser of every integer option: a whole number written as one (``"0.0"``, ``"1e3"`` and
+    ``"1_000"`` are refused, whatever the installed typer's own integer conversion accepts)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not _WHOLE.fullmatch(value):
+        raise typer.BadParameter(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def int_option(*decls: str, **kw: Any) -> Any:
+    """``typer.Option`` for an integer (or a list of integers), parsed by :func:`whole`."""
+    return typer.Option(*decls, parser=whole, **kw)
 
 
 def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:

@@ -17,16 +17,16 @@ from typing import Annotated, List, Optional
 import typer
 
 from attnopt.cli._common import (DataOpt, OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app,
-                                 open_out, parse_ints, progress_bars)
+                                 open_out, parse_ints, int_option, progress_bars)
 
 app = new_app("Convex attention: group-lasso programs, FISTA, recovery, experiments.")
 
 SetOpt = Annotated[Optional[List[str]], typer.Option(
     "--set", help="Any other config key=value (the value read as JSON when it parses), repeatable.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+SeedOpt = Annotated[int, int_option("--seed", help="Random seed.")]
 BetaRelOpt = Annotated[float, typer.Option(
     "--beta-rel", help="β as a fraction of λ_max (the smallest β with Z = 0).")]
-ConvexIterOpt = Annotated[int, typer.Option("--convex-max-iter", help="FISTA iterations of the convex model (cap).")]
+ConvexIterOpt = Annotated[int, int_option("--convex-max-iter", help="FISTA iterations of the convex model (cap).")]
 
 
 def parse_set(items: Optional[List[str]]) -> dict:
@@ -67,16 +67,16 @@ def _table(title: str, header: list, rows: list):
 
 @app.command("solve")
 def solve(
-    samples: Annotated[int, typer.Option("--samples", help="N samples.")] = 30,
-    tokens: Annotated[int, typer.Option("--tokens", help="n tokens per sample.")] = 8,
-    dim: Annotated[int, typer.Option("--dim", help="d features per token.")] = 4,
-    outputs: Annotated[Optional[int], typer.Option(
+    samples: Annotated[int, int_option("--samples", help="N samples.")] = 30,
+    tokens: Annotated[int, int_option("--tokens", help="n tokens per sample.")] = 8,
+    dim: Annotated[int, int_option("--dim", help="d features per token.")] = 4,
+    outputs: Annotated[Optional[int], int_option(
         "--outputs", help="c outputs, or classes for cross_entropy (default 1, or 2 classes).")] = None,
-    patterns: Annotated[int, typer.Option("--patterns", help="Gated-ReLU patterns (0: attention only).")] = 0,
+    patterns: Annotated[int, int_option("--patterns", help="Gated-ReLU patterns (0: attention only).")] = 0,
     loss: Annotated[str, typer.Option("--loss", help="squared, logistic or cross_entropy.")] = "squared",
     beta: Annotated[float, typer.Option("--beta", help="Regularisation β ≥ 0.")] = 1.0,
     tol: Annotated[float, typer.Option("--tol", help="FISTA relative duality-gap tolerance.")] = 1e-9,
-    max_iter: Annotated[int, typer.Option("--max-iter", help="FISTA iteration cap.")] = 10_000,
+    max_iter: Annotated[int, int_option("--max-iter", help="FISTA iteration cap.")] = 10_000,
     solver: Annotated[str, typer.Option("--solver", help="CVXPY reference: CLARABEL, SCS or none.")] = "CLARABEL",
     seed: SeedOpt = 0,
     device: Annotated[str, typer.Option("--device", help="Where FISTA runs (cpu, cuda, …).")] = "cpu",
@@ -104,14 +104,14 @@ def solve(
 @app.command("student-teacher")
 def student_teacher(
     seed: SeedOpt = 0,
-    num_train: Annotated[int, typer.Option("--num-train", help="Training sentences (SST-2 train).")] = 512,
-    num_test: Annotated[int, typer.Option("--num-test", help="Test sentences (SST-2 dev).")] = 256,
-    max_len: Annotated[int, typer.Option("--max-len", help="Tokens per sentence.")] = 24,
-    target_dim: Annotated[int, typer.Option(
+    num_train: Annotated[int, int_option("--num-train", help="Training sentences (SST-2 train).")] = 512,
+    num_test: Annotated[int, int_option("--num-test", help="Test sentences (SST-2 dev).")] = 256,
+    max_len: Annotated[int, int_option("--max-len", help="Tokens per sentence.")] = 24,
+    target_dim: Annotated[int, int_option(
         "--target-dim", help="Principal directions of the teacher output (0: all 384).")] = 32,
     beta_rel: BetaRelOpt = 0.02,
     convex_max_iter: ConvexIterOpt = 2000,
-    baseline_steps: Annotated[int, typer.Option("--baseline-steps", help="Optimiser steps of each baseline.")] = 1000,
+    baseline_steps: Annotated[int, int_option("--baseline-steps", help="Optimiser steps of each baseline.")] = 1000,
     data: DataOpt = None,
     set_: SetOpt = None,
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
@@ -143,15 +143,15 @@ def student_teacher(
 @app.command("modular")
 def modular(
     seed: SeedOpt = 0,
-    p: Annotated[int, typer.Option("--p", help="Prime modulus.")] = 97,
+    p: Annotated[int, int_option("--p", help="Prime modulus.")] = 97,
     train_fraction: Annotated[float, typer.Option(
         "--train-fraction", help="Fraction of equations for training.")] = 0.5,
-    steps: Annotated[int, typer.Option("--steps", help="Transformer AdamW steps.")] = 3000,
+    steps: Annotated[int, int_option("--steps", help="Transformer AdamW steps.")] = 3000,
     layers: Annotated[str, typer.Option(
         "--layers", help="Transformer depths, comma-separated ('' for none).")] = "1,2",
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 1.0,
     convex_max_iter: ConvexIterOpt = 1000,
-    gate_patterns: Annotated[int, typer.Option("--gate-patterns", help="Sampled gated-ReLU patterns.")] = 16,
+    gate_patterns: Annotated[int, int_option("--gate-patterns", help="Sampled gated-ReLU patterns.")] = 16,
     beta_rel: BetaRelOpt = 1e-3,
     set_: SetOpt = None,
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,

@@ -16,16 +16,16 @@ from typing import Annotated, List, Optional
 import typer
 
 from attnopt.cli._common import (CacheOpt, DataOpt, OutOpt, OverwriteOpt, ProgressOpt, console, fail, finish, guard,
-                                 new_app, open_out, parse_floats, progress_bars)
+                                 new_app, open_out, parse_floats, int_option, progress_bars)
 from attnopt.report.tables import pct
 
 app = new_app("IMDB / SST-2 sentiment experiments: mirror descent vs baselines (E3–E6).")
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", help="imdb or sst2.")]
-MaxLenOpt = Annotated[int, typer.Option("--max-len", help="Tokens kept per review ([CLS] first).")]
-SubsetOpt = Annotated[Optional[int], typer.Option("--subset", help="Class-balanced training subset (quick runs).")]
-EvalSubsetOpt = Annotated[Optional[int], typer.Option("--eval-subset", help="Val/test subset size (default: --subset).")]
-DataSeedOpt = Annotated[int, typer.Option("--data-seed", help="Seed of the subset choice.")]
+MaxLenOpt = Annotated[int, int_option("--max-len", help="Tokens kept per review ([CLS] first).")]
+SubsetOpt = Annotated[Optional[int], int_option("--subset", help="Class-balanced training subset (quick runs).")]
+EvalSubsetOpt = Annotated[Optional[int], int_option("--eval-subset", help="Val/test subset size (default: --subset).")]
+DataSeedOpt = Annotated[int, int_option("--data-seed", help="Seed of the subset choice.")]
 CleanOpt = Annotated[bool, typer.Option("--clean-html", help="Replace <br /> tags by spaces.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 
@@ -53,15 +53,15 @@ def train(
     protocol: Annotated[str, typer.Option(
         help="honest (20k train, 5k validation selects the epoch) or paper (the authors': all 25k train reviews, "
              "fp32, one shared initialisation, BCELoss on sigmoid)")] = "honest",
-    size: Annotated[int, typer.Option(help="model size s = blocks = heads (paper: 3, 4, 6)")] = 3,
+    size: Annotated[int, int_option(help="model size s = blocks = heads (paper: 3, 4, 6)")] = 3,
     optimizer: Annotated[str, typer.Option(help="md, adam, adamw or sgd (SGD with momentum)")] = "md",
     p: Annotated[List[float], typer.Option(help="mirror-descent exponent p > 1; repeat for several")] = [1.1],
     lr: Annotated[Optional[List[float]], typer.Option(
         help="learning rate: one for all, or one per --p (default: the paper's for p in {1.1,2,3}, "
              "sizes {3,4,6})")] = None,
-    seed: Annotated[List[int], typer.Option(help="seed of data order and dropout (and of the initial weights "
+    seed: Annotated[List[int], int_option(help="seed of data order and dropout (and of the initial weights "
                                                  "unless --init-seed); repeat for several runs")] = [0],
-    init_seed: Annotated[Optional[int], typer.Option(
+    init_seed: Annotated[Optional[int], int_option(
         help="seed of the initial weights, shared by every run (paper protocol: 0)")] = None,
     ensemble: Annotated[bool, typer.Option("--ensemble/--no-ensemble",
                                            help="train several runs together in one process")] = True,
@@ -70,8 +70,8 @@ def train(
     md_normalize: Annotated[bool, typer.Option(help="normalised MD step (gradient / its q-norm)")] = False,
     md_impl: Annotated[str, typer.Option(help="MD implementation: auto, single, foreach, compiled or fused")] = "auto",
     md_nonfinite: Annotated[str, typer.Option(help="MD NaN-gradient check: auto, raise or ignore")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="batch size")] = 100,
-    max_epochs: Annotated[int, typer.Option(help="epoch limit")] = 1000,
+    batch_size: Annotated[int, int_option(help="batch size")] = 100,
+    max_epochs: Annotated[int, int_option(help="epoch limit")] = 1000,
     target_train_acc: Annotated[float, typer.Option(help="stop when the epoch's train accuracy reaches this")] = 0.995,
     loss: Annotated[Optional[str], typer.Option(
         help="bce (stable, from the logit) or authors (BCELoss on sigmoid, as their code); default by protocol")] = None,
@@ -81,10 +81,10 @@ def train(
     val_in_train: Annotated[Optional[bool], typer.Option(
         "--val-in-train/--no-val-in-train", help="train on train+val (default: by protocol)")] = None,
     clean_html: CleanOpt = False,
-    n_embd: Annotated[int, typer.Option(help="embedding width")] = 384,
-    n_hidden: Annotated[int, typer.Option(help="MLP width")] = 1536,
-    n_blocks: Annotated[Optional[int], typer.Option(help="blocks (default: size)")] = None,
-    n_heads: Annotated[Optional[int], typer.Option(help="heads (default: size)")] = None,
+    n_embd: Annotated[int, int_option(help="embedding width")] = 384,
+    n_hidden: Annotated[int, int_option(help="MLP width")] = 1536,
+    n_blocks: Annotated[Optional[int], int_option(help="blocks (default: size)")] = None,
+    n_heads: Annotated[Optional[int], int_option(help="heads (default: size)")] = None,
     dropout: Annotated[float, typer.Option(help="dropout")] = 0.2,
     norm: Annotated[str, typer.Option(help="post (paper) or pre LayerNorm")] = "post",
     pool: Annotated[str, typer.Option(help="cls (paper) or mean read-out")] = "cls",
@@ -95,10 +95,10 @@ def train(
     pad: Annotated[str, typer.Option(
         help="none (padding-free packed batches), dynamic (to the batch's longest review), max (to --max-len), "
              "or auto (none on GPU, dynamic on CPU)")] = "auto",
-    pad_multiple: Annotated[int, typer.Option(help="round padded widths / packed token counts up to this")] = 8,
-    eval_batch_size: Annotated[int, typer.Option(help="evaluation batch size (reviews, shared by members)")] = 500,
-    nan_check_every: Annotated[int, typer.Option(help="check the loss for NaN/inf every N steps")] = 20,
-    checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N epochs")] = 1,
+    pad_multiple: Annotated[int, int_option(help="round padded widths / packed token counts up to this")] = 8,
+    eval_batch_size: Annotated[int, int_option(help="evaluation batch size (reviews, shared by members)")] = 500,
+    nan_check_every: Annotated[int, int_option(help="check the loss for NaN/inf every N steps")] = 20,
+    checkpoint_every: Annotated[int, int_option(help="checkpoint every N epochs")] = 1,
     out: OutOpt = None, overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue from OUT's checkpoint")] = True,
     progress: ProgressOpt = True, data: DataOpt = None, cache: CacheOpt = None,
@@ -213,7 +213,7 @@ def campaign(
     device: Annotated[Optional[str], typer.Option(help="override the plan's device (auto, cpu, cuda)")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile",
                                                     help="override the plan's torch.compile setting")] = None,
-    max_members: Annotated[Optional[int], typer.Option(help="trials per process (overrides the plan's)")] = None,
+    max_members: Annotated[Optional[int], int_option(help="trials per process (overrides the plan's)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what is complete and what is missing "
                                                             "per cell (with --shard: the shard's trials)")] = False,
     shard: Annotated[Optional[str], typer.Option(
@@ -373,7 +373,7 @@ def sparsity(
     runs: Annotated[List[Path], typer.Argument(help="run folders to compare (e.g. an ℓ1.1 and an ℓ2 run)")],
     levels: Annotated[str, typer.Option(help="pruning fractions, comma-separated")] = "0,0.5,0.7,0.8,0.9,0.95,0.99",
     split: Annotated[str, typer.Option(help="split for the pruning accuracy: val or test")] = "test",
-    eval_subset: Annotated[Optional[int], typer.Option(help="evaluate pruning on a subset of the split")] = None,
+    eval_subset: Annotated[Optional[int], int_option(help="evaluate pruning on a subset of the split")] = None,
     threshold: Annotated[float, typer.Option(help="count entries with |w| above this (paper: 0.06)")] = 0.06,
     near_zero: Annotated[float, typer.Option(help="'near zero' means |w| below this")] = 1e-3,
     prune: Annotated[bool, typer.Option("--prune/--no-prune", help="evaluate accuracy after magnitude pruning")] = True,
@@ -403,7 +403,7 @@ def attention_map(
     runs: Annotated[List[Path], typer.Argument(help="run folders to compare")],
     text: Annotated[Optional[List[str]], typer.Option(
         help="review text to draw (repeatable; default: probe reviews)")] = None,
-    maps: Annotated[int, typer.Option(help="how many probe reviews to draw when no --text is given")] = 6,
+    maps: Annotated[int, int_option(help="how many probe reviews to draw when no --text is given")] = 6,
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="score the marked-word probe set")] = True,
     device: DeviceOpt = "cpu",
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True, data: DataOpt = None,

@@ -9,7 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from attnopt.cli._common import (OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app, open_out,
-                                 parse_iters, parse_seeds, progress_bars)
+                                 parse_iters, parse_seeds, int_option, progress_bars)
 
 app = new_app("Synthetic experiments E1 (ℓp-AttGD: convergence, matrix, path), E2 (joint W, v), E7 (K, Q).")
 
@@ -21,19 +21,19 @@ ItersOpt = Annotated[Optional[str], typer.Option(
     "--iters", help="Iterations: N for every p, or per p as 1.75=1500,2=2000. "
     "Default: protocol (1.75→1500, 2→2000, 3→20000; other p by a documented rule).")]
 SeedsOpt = Annotated[Optional[str], typer.Option("--seeds", help="Seeds, e.g. 1..100 or 1,2,5 (overrides --n-seeds).")]
-NSeedsOpt = Annotated[int, typer.Option("--n-seeds", help="Number of seeds, starting at --seed-start.")]
-SeedStartOpt = Annotated[int, typer.Option("--seed-start", "--seed", help="First seed when --seeds is not given.")]
+NSeedsOpt = Annotated[int, int_option("--n-seeds", help="Number of seeds, starting at --seed-start.")]
+SeedStartOpt = Annotated[int, int_option("--seed-start", "--seed", help="First seed when --seeds is not given.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Step size η.")]
-NOpt = Annotated[int, typer.Option("--n", help="Samples per instance.")]
-TOpt = Annotated[int, typer.Option("--T", help="Tokens per sample.")]
-DOpt = Annotated[int, typer.Option("--d", help="Token dimension.")]
+NOpt = Annotated[int, int_option("--n", help="Samples per instance.")]
+TOpt = Annotated[int, int_option("--T", help="Tokens per sample.")]
+DOpt = Annotated[int, int_option("--d", help="Token dimension.")]
 InitOpt = Annotated[str, typer.Option(
     "--init", help="W(0): 'normal' (N(0, init_std²), published aggregate runs) or 'zeros'.")]
 InitStdOpt = Annotated[float, typer.Option("--init-std", help="Std of W(0) entries for --init normal.")]
 QueryOpt = Annotated[str, typer.Option("--query", help="z_i: 'random' (own vector, published) or 'first' (x_{i1}).")]
 SolverOpt = Annotated[str, typer.Option("--solver", help="SVM solver: auto, fast or cvxpy.")]
 TolOpt = Annotated[float, typer.Option("--tol", help="SVM relative duality-gap tolerance.")]
-NLogOpt = Annotated[int, typer.Option("--n-log", help="Size of the log-spaced grid of stored iterates.")]
+NLogOpt = Annotated[int, int_option("--n-log", help="Size of the log-spaced grid of stored iterates.")]
 EpsOpt = Annotated[float, typer.Option("--eps", help="ε of the published step g/(‖g‖_q + ε) (float64 eps, as published).")]
 StepOpt = Annotated[str, typer.Option(
     "--step", help="Normalised step: 'exact' (gradient without cancellation, g/‖g‖_q) or 'published' "
@@ -93,7 +93,7 @@ def convergence(
     seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
     init: InitOpt = "normal", init_std: InitStdOpt = 1.0, query: QueryOpt = "random", solver: SolverOpt = "auto",
     tol: TolOpt = 1e-6, n_log: NLogOpt = 200, eps: EpsOpt = _EPS, step: StepOpt = "exact",
-    fit_from: Annotated[Optional[int], typer.Option("--fit-from", help="First iteration of the rate fit.")] = None,
+    fit_from: Annotated[Optional[int], int_option("--fit-from", help="First iteration of the rate fit.")] = None,
     out: OutOpt = None, overwrite: OverwriteOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """E1: directional convergence of normalised ℓp-AttGD to the ℓp-AttSVM (all seeds batched)."""
@@ -157,7 +157,7 @@ def parse_entry(text: str) -> tuple[int, int]:
 @app.command("path")
 def path(
     p: Annotated[Optional[List[float]], typer.Option("--p", help="Exponent p (repeatable). Default: 1.75 and 3.")] = None,
-    iters: ItersOpt = None, seed: Annotated[int, typer.Option("--seed", help="The data seed.")] = 1,
+    iters: ItersOpt = None, seed: Annotated[int, int_option("--seed", help="The data seed.")] = 1,
     entry: Annotated[Optional[List[str]], typer.Option(
         "--entry", help="Entry row,col of W (give twice). Default 1,2 and 3,4.")] = None,
     lr: LrOpt = 0.1, n: NOpt = 6, T: TOpt = 8, d: DOpt = 10,
@@ -212,7 +212,7 @@ def joint(
 @app.command("kq")
 def kq(
     p: POpt = None,
-    rank: Annotated[Optional[List[int]], typer.Option("--rank", help="Inner dimension m of K, Q ∈ R^{d×m} "
+    rank: Annotated[Optional[List[int]], int_option("--rank", help="Inner dimension m of K, Q ∈ R^{d×m} "
                                                       "(repeatable). Default: d and 3.")] = None,
     iters: ItersOpt = None, n_seeds: NSeedsOpt = 20, seed_start: SeedStartOpt = 1, lr: LrOpt = 0.1, n: NOpt = 6,
     T: TOpt = 8, d: DOpt = 10,
@@ -237,7 +237,7 @@ def kq(
 
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run folder.")] = Path("runs/demo"),
-    n_seeds: Annotated[int, typer.Option("--n-seeds", help="Seeds of the reduced E1.")] = 20,
+    n_seeds: Annotated[int, int_option("--n-seeds", help="Seeds of the reduced E1.")] = 20,
     iters: Annotated[Optional[str], typer.Option(
         "--iters", help="Iterations (default 1.75=300,2=400,3=3000).")] = None,
     solver: SolverOpt = "auto", step: StepOpt = "exact", overwrite: OverwriteOpt = False,

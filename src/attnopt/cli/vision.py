@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from attnopt.cli._common import (OutOpt, OverwriteOpt, ProgressOpt, console, finish, guard, new_app, open_out,
-                                 parse_floats, parse_seeds, progress_bars)
+                                 parse_floats, parse_seeds, int_option, progress_bars)
 from attnopt.report.tables import fmt, pct
 
 app = new_app("E6 vision: a ViT trained with ℓp mirror descent or Adam/AdamW/SGD (CIFAR-10 or 8×8 digits).")
@@ -23,6 +23,10 @@ app = new_app("E6 vision: a ViT trained with ℓp mirror descent or Adam/AdamW/S
 
 def _opt(flag: str, help: str):
     return typer.Option(flag, help=help)
+
+
+def _iopt(flag: str, help: str):
+    return int_option(flag, help=help)
 
 
 def _table(res):
@@ -56,18 +60,18 @@ def train(
                                          "(or their cifar-10-batches-py subfolder).")] = None,
     val_fraction: Annotated[float, _opt("--val-fraction", "Fraction of the training images held out for "
                                         "validation (model selection).")] = 0.1,
-    data_seed: Annotated[int, _opt("--data-seed", "Seed of the validation split (and the digits test split).")] = 0,
-    subset: Annotated[Optional[int], _opt("--subset", "Keep only this many training images.")] = None,
+    data_seed: Annotated[int, _iopt("--data-seed", "Seed of the validation split (and the digits test split).")] = 0,
+    subset: Annotated[Optional[int], _iopt("--subset", "Keep only this many training images.")] = None,
     augment: Annotated[str, _opt("--augment", "Training augmentation: none, crop, flip or crop-flip "
                                  "(random crops after zero padding by --crop-pad; left-right flips).")] = "none",
-    crop_pad: Annotated[int, _opt("--crop-pad", "Zero padding of the random crops, in pixels.")] = 4,
-    image_size: Annotated[Optional[int], _opt("--image-size", "Image side the model sees (images are resized; "
+    crop_pad: Annotated[int, _iopt("--crop-pad", "Zero padding of the random crops, in pixels.")] = 4,
+    image_size: Annotated[Optional[int], _iopt("--image-size", "Image side the model sees (images are resized; "
                                               "default 48 for cifar10, 8 for digits).")] = None,
-    patch: Annotated[int, _opt("--patch", "Patch side.")] = 4,
-    width: Annotated[int, _opt("--width", "Embedding width.")] = 512,
-    depth: Annotated[int, _opt("--depth", "Number of transformer blocks.")] = 6,
-    heads: Annotated[int, _opt("--heads", "Attention heads (must divide --width).")] = 8,
-    mlp: Annotated[int, _opt("--mlp", "MLP hidden width.")] = 512,
+    patch: Annotated[int, _iopt("--patch", "Patch side.")] = 4,
+    width: Annotated[int, _iopt("--width", "Embedding width.")] = 512,
+    depth: Annotated[int, _iopt("--depth", "Number of transformer blocks.")] = 6,
+    heads: Annotated[int, _iopt("--heads", "Attention heads (must divide --width).")] = 8,
+    mlp: Annotated[int, _iopt("--mlp", "MLP hidden width.")] = 512,
     dropout: Annotated[float, _opt("--dropout", "Dropout rate.")] = 0.1,
     optimizer: Annotated[str, _opt("--optimizer", "md (ℓp mirror descent), adam, adamw or sgd (momentum).")] = "md",
     p: Annotated[float, _opt("--p", "Mirror-descent exponent p > 1.")] = 1.1,
@@ -77,16 +81,16 @@ def train(
     momentum: Annotated[float, _opt("--momentum", "SGD momentum.")] = 0.9,
     weight_decay: Annotated[Optional[float], _opt("--weight-decay", "Weight decay (default 0.01 for adamw, "
                                                   "else 0).")] = None,
-    batch_size: Annotated[int, _opt("--batch-size", "Training batch size.")] = 100,
-    epochs: Annotated[int, _opt("--epochs", "Training epochs.")] = 1000,
-    seed: Annotated[Optional[List[int]], _opt("--seed", "A seed (repeatable); each seed is one member.")] = None,
+    batch_size: Annotated[int, _iopt("--batch-size", "Training batch size.")] = 100,
+    epochs: Annotated[int, _iopt("--epochs", "Training epochs.")] = 1000,
+    seed: Annotated[Optional[List[int]], _iopt("--seed", "A seed (repeatable); each seed is one member.")] = None,
     seeds: Annotated[Optional[str], _opt("--seeds", "Seeds as a range or list, e.g. 1..5 or 1,3.")] = None,
     ensemble: Annotated[bool, _opt("--ensemble/--no-ensemble", "Train the seeds together as one batched "
                                    "model (same results as one by one).")] = True,
     device: Annotated[str, _opt("--device", "auto, cpu, cuda or cuda:N.")] = "auto",
     precision: Annotated[str, _opt("--precision", "auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
-    threads: Annotated[Optional[int], _opt("--threads", "CPU threads for torch (default: torch's).")] = None,
-    eval_batch_size: Annotated[int, _opt("--eval-batch-size", "Batch size of evaluation.")] = 500,
+    threads: Annotated[Optional[int], _iopt("--threads", "CPU threads for torch (default: torch's).")] = None,
+    eval_batch_size: Annotated[int, _iopt("--eval-batch-size", "Batch size of evaluation.")] = 500,
     threshold: Annotated[float, _opt("--threshold", "|w| threshold of the weight counts (paper: 0.06).")] = 0.06,
     near_zero: Annotated[float, _opt("--near-zero", "|w| below this counts as near zero.")] = 1e-3,
     prune_levels: Annotated[str, _opt("--prune-levels", "Pruned fractions, comma-separated.")] =
