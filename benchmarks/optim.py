@@ -23,6 +23,11 @@ less contention-sensitive figure on a shared machine.  Contenders:
 * ``fused-kernel`` (CUDA) — the fused kernel called directly with the optimizer's prepared
   plan, without the per-step Python bookkeeping over every parameter (what the kernel reaches).
 
+After the table, the same contenders (``sgd-foreach`` and ``default`` unless ``--only`` names
+others) time a **small model** (``--small-shapes``: 41 tensors of 16 × 16, as a small MLP or tiny
+transformer fine-tuned on CPU) where the fixed per-step cost dominates, in µs per step, with
+their ratio to ``SGD(foreach=True)``; ``--no-small`` leaves it out.
+
 On CUDA the script also reports the achieved bandwidth of the fused step (the bytes it must
 move: read g, read θ, write θ, write w, at their dtypes; the non-finite check's extra read of
 g is not counted, so it shows as lost bandwidth) against a device-to-device copy of the same
@@ -56,6 +61,11 @@ def transformer_shapes(vocab: int = 30522, d: int = 384, ff: int = 1536, blocks:
         shapes += [(ff, d), (ff,), (d, ff), (d,)]  # MLP
         shapes += [(d,), (d,), (d,), (d,)]  # two LayerNorms
     return shapes
+
+
+def small_shapes(n: int = 41, side: int = 16):
+    """A small model: ``n`` tensors of ``side × side`` (where per-step Python work shows)."""
+    return [(side, side)] * n
 
 
 def naive_step(ws, gs, lr: float, p: float) -> None:
@@ -190,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                     help="parameter and gradient dtype (the dual θ is float32 for the narrower ones)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--no-small", action="store_true", help="leave out the small-model case")
+    ap.add_argument("--small-steps", type=int, default=200, help="steps per round of the small-model case")
     args = ap.parse_args(argv)
 
     if args.device == "auto":
@@ -234,7 +246,24 @@ def main(argv=None) -> int:
     else:
         for dev, p, name, ms, ratio, ms_min, ratio_min in rows:
             print(f"{dev:5s} p={p:<5g} {name:16s} {ms:9.2f} ms  {ratio:6.2f}x   (min {ms_min:8.2f} ms {ratio_min:6.2f}x)")
+    if not args.no_small:
+        small(devices, dtype, args)
     return 0
+
+
+def small(devices, dtype, args) -> None:
+    """The small-model case: µs per step and the ratio to SGD(foreach=True), same rounds."""
+    shapes = small_shapes()
+    only = args.only or ["default"]
+    print(f"# small model: {len(shapes)} tensors of {shapes[0][0]} x {shapes[0][1]}, {args.small_steps} steps per "
+          f"round, {args.rounds} rounds")
+    for device in devices:
+        for p in args.p:
+            med = bench(shapes, device, dtype, p, args.lr, args.rounds, args.small_steps, only)
+            base, base_min, _ = med["sgd-foreach"]
+            for name, (t, t_min, _) in med.items():
+                print(f"small {device.type:5s} p={p:<5g} {name:16s} {t * 1e6:9.1f} us  {t / base:6.2f}x   "
+                      f"(min {t_min * 1e6:8.1f} us {t_min / base_min:6.2f}x)")
 
 
 if __name__ == "__main__":

@@ -15,9 +15,12 @@ the same call, so ``fused=True`` works for every CPU parameter.
 from __future__ import annotations
 
 import ctypes
+import operator
 import threading
 from pathlib import Path
+from typing import Any, NamedTuple
 
+import numpy
 import torch
 from torch import Tensor
 
@@ -26,14 +29,17 @@ from torch.optim.optimizer import Optimizer
 from attnopt import native
 from attnopt.native import KernelBuildError
 from attnopt.optim._eager import single_tensor_mirror_descent
-from attnopt.optim._math import lq_scale, round_trip_exact, step_constants
+from attnopt.optim._math import (classify_exponent, float_step_scalars, inverse_exponent, lq_scale,
+                                 round_trip_exact)
 
-__all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "load", "is_loaded", "kernel_supports", "KernelBuildError"]
+__all__ = ["cpu_fused_mirror_descent", "count_nonfinite", "count_prepared", "prepare", "load", "is_loaded", "kernel_supports", "KernelBuildError"]
 
 
 SOURCE = Path(__file__).with_name("_cpu_kernel.c")
 _KINDS = {"identity": 0, "square": 1, "sqrt": 2, "int": 3, "halfint": 4, "general": 5}
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_dtype = operator.attrgetter("dtype")
+_FMAX = {dt: float(torch.finfo(dt).max) for dt in _DTYPES}
 # the build (compiler, flags, cache folder and its pruning) is attnopt.native's, shared with
 # the encoder's dropout kernel; these names are kept for the tests and for users' scripts
 _compiler, _cpu_signature = native.compiler, native.cpu_signature
@@ -90,12 +96,43 @@ def kernel_supports(param: Tensor, grad: Tensor, theta: Tensor | None, buf: Tens
     )
 
 
+# elements per OpenMP thread below which another thread costs more than it saves: waking a
+# thread team costs microseconds on an idle machine and can cost milliseconds on a loaded one
+# (measured: 41 tensors of 16 x 16 took 11 ms a step with 2 threads under load, 0.1 ms with one)
+GRAIN = 1 << 16
+
+
+def threads_for(numel: int) -> int:
+    """OpenMP threads for a kernel call over ``numel`` elements: one per GRAIN elements, at most
+    torch's thread count."""
+    return max(1, min(torch.get_num_threads(), -(-numel // GRAIN)))
+
+
 def _ptrs(tensors: list[Tensor]):
     return (ctypes.c_void_p * len(tensors))(*[t.data_ptr() for t in tensors])
 
 
+def _grad_ptrs(tensors: list[Tensor]) -> numpy.ndarray:
+    """The tensors' addresses in a numpy array (built faster than a ctypes array; the kernel
+    takes ``array.ctypes.data``)."""
+    return numpy.fromiter(map(Tensor.data_ptr, tensors), dtype=numpy.uintp, count=len(tensors))
+
+
+def _count(lib: ctypes.CDLL, gs: list[Tensor], code: int) -> int:
+    numels = [g.numel() for g in gs]
+    n = lib.attnopt_count_nonfinite(len(gs), _ptrs(gs), (ctypes.c_int64 * len(gs))(*numels), code,
+                                    threads_for(sum(numels)))
+    if n < 0:
+        raise MemoryError("attnopt CPU kernel: out of memory")
+    return n
+
+
 def count_nonfinite(grads: list[Tensor]) -> int:
     """Number of NaN/±inf entries over the gradients (one read of each; exact)."""
+    dtypes = set(map(_dtype, grads))
+    if len(dtypes) == 1 and (dt := dtypes.pop()) in _DTYPES and all(map(Tensor.is_contiguous, grads)) \
+            and all(g.device.type == "cpu" and not g.is_sparse for g in grads):
+        return _count(load(), grads, _DTYPES[dt])  # one call: the usual case
     total = 0
     fast: dict[int, list[Tensor]] = {}
     for g in grads:
@@ -105,24 +142,55 @@ def count_nonfinite(grads: list[Tensor]) -> int:
             total += int((~torch.isfinite(g)).sum())
     if fast:
         lib = load()
-        for code, gs in fast.items():
-            sizes = (ctypes.c_int64 * len(gs))(*[g.numel() for g in gs])
-            n = lib.attnopt_count_nonfinite(len(gs), _ptrs(gs), sizes, code, torch.get_num_threads())
-            if n < 0:
-                raise MemoryError("attnopt CPU kernel: out of memory")
-            total += n
+        total += sum(_count(lib, gs, code) for code, gs in fast.items())
     return total
 
 
-def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
-                             momentum, weight_decay, maximize, exact: list[bool] | None = None) -> None:
-    """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`,
-    ``exact`` included)."""
-    lr = float(lr)  # a CPU tensor lr: no synchronisation
-    e, kind, n, decay, alpha = step_constants(lr, p, weight_decay, maximize)
+class _Call(NamedTuple):
+    """One kernel call of a step: the tensors of one (weight dtype, gradient dtype, own dual,
+    masked) kind, with the pointer arrays that stay valid between steps."""
+
+    idx: list[int]
+    pdtype: torch.dtype
+    gdtype: torch.dtype
+    own: bool
+    masked: bool
+    ws: list[Tensor]  # the weights, detached (they share the parameters' version counters)
+    w_ptrs: Any
+    theta_ptrs: Any
+    buf_ptrs: Any
+    sizes: Any
+    threads: int
+    whole: bool  # idx is every tensor of the list, in order: the gradients need no gathering
+
+
+class _Plan(NamedTuple):
+    """What a step over the same lists reuses (kept in the optimizer's ``fused_plan["cpu"]``)."""
+
+    params: list[Tensor]
+    duals: list[Tensor | None]
+    bufs: list[Tensor | None]
+    exact: list[bool] | None  # the exact-flags list the plan was made for (updated in place, False -> True only)
+    key: tuple  # (e, momentum on, gradient dtypes, contiguity, how many exact flags are True)
+    kind: str  # how |θ|^e is computed, and its n (classify_exponent)
+    n: int
+    rest: list[int]
+    calls: list[_Call]
+
+
+class Prepared(NamedTuple):
+    """One step's plan and gradient pointers (one array per kernel call), shared by the
+    non-finite count before the step and the step itself."""
+
+    plan: _Plan
+    grads: list[Tensor]
+    exact: list[bool] | None
+    grad_ptrs: list[Any]
+
+
+def _plan(params, grads, duals, bufs, key, e, exact) -> _Plan:
     kernel: dict[tuple, list[int]] = {}
     rest: list[int] = []
-    bufs = momentum_buffers if momentum != 0.0 else [None] * len(params)
     grouped = Optimizer._group_tensors_by_device_and_dtype([params, grads, duals, bufs], with_indices=True)
     for (_, pdtype), ((ps, gs, ds, bs), idx) in grouped.items():
         for param, grad, theta, buf, i in zip(ps, gs, ds, bs, idx):
@@ -132,7 +200,80 @@ def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, n
                 kernel.setdefault((pdtype, grad.dtype, own, masked), []).append(i)
             else:
                 rest.append(i)
-    if rest:
+    calls = []
+    for (pdtype, gdtype, own, masked), idx in kernel.items():
+        idx.sort()
+        ws = [params[i].detach() for i in idx]
+        numels = [w.numel() for w in ws]
+        calls.append(_Call(idx, pdtype, gdtype, own, masked, ws, _ptrs(ws),
+                           _ptrs(ws if own else [duals[i] for i in idx]),
+                           _ptrs([bufs[i] for i in idx]) if bufs[idx[0]] is not None else None,
+                           (ctypes.c_int64 * len(idx))(*numels), threads_for(sum(numels)), len(idx) == len(params)))
+    kind, n = classify_exponent(e)
+    return _Plan(params, duals, bufs, exact, key, kind, n, rest, calls)
+
+
+def prepare(fused_plan: dict | None, params, grads, duals, momentum_buffers, *, p: float, momentum: float,
+            exact: list[bool] | None, contiguous: bool | None = None) -> Prepared:
+    """The step's plan (reused from ``fused_plan`` when it still holds: the same list objects,
+    the gradients' dtypes and contiguity, the exponent, momentum on or off, and the same
+    ``exact`` list with as many True flags — its flags only ever turn True, in place) and its
+    gradient pointers; kept in ``fused_plan["step"]`` for the step that follows.
+    ``contiguous``: whether every gradient is contiguous, when the caller knows."""
+    e = inverse_exponent(p)
+    bufs = momentum_buffers if momentum != 0.0 else [None] * len(params)
+    if contiguous is None:
+        contiguous = all(map(Tensor.is_contiguous, grads))
+    key = (e, momentum != 0.0, tuple(map(_dtype, grads)), contiguous or tuple(map(Tensor.is_contiguous, grads)),
+           None if exact is None else sum(exact))
+    plan = None if fused_plan is None else fused_plan.get("cpu")
+    if plan is None or plan.params is not params or plan.duals is not duals or plan.exact is not exact \
+            or plan.key != key or (momentum != 0.0 and plan.bufs is not momentum_buffers):
+        plan = _plan(params, grads, duals, bufs, key, e, exact)
+        if fused_plan is not None:
+            fused_plan["cpu"] = plan
+    prep = Prepared(plan, grads, exact, [_grad_ptrs(grads if c.whole else [grads[i] for i in c.idx])
+                                         for c in plan.calls])
+    if fused_plan is not None:
+        fused_plan["step"] = prep
+    return prep
+
+
+def count_prepared(prep: Prepared) -> int:
+    """:func:`count_nonfinite` over a prepared step's gradients, reusing its pointers."""
+    total = 0
+    if prep.plan.calls:
+        lib = load()
+        for c, ptrs in zip(prep.plan.calls, prep.grad_ptrs):
+            n = lib.attnopt_count_nonfinite(len(c.idx), ptrs.ctypes.data, c.sizes, _DTYPES[c.gdtype], c.threads)
+            if n < 0:
+                raise MemoryError("attnopt CPU kernel: out of memory")
+            total += n
+    if prep.plan.rest:
+        total += count_nonfinite([prep.grads[i] for i in prep.plan.rest])
+    return total
+
+
+def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, normalize, eps,
+                             momentum, weight_decay, maximize, exact: list[bool] | None = None,
+                             fused_plan: dict | None = None) -> None:
+    """The fused step on CPU (same contract as the other paths of :func:`mirror_descent`,
+    ``exact`` included).  ``fused_plan``: a dict kept between steps over the same lists (the
+    optimizer's), where :func:`prepare` keeps the tensors' grouping and pointer arrays (the
+    optimizer builds new lists when a tensor is replaced, edited or re-synchronised)."""
+    lr = float(lr)  # a CPU tensor lr: no synchronisation
+    e = inverse_exponent(p)
+    decay, alpha = float_step_scalars(lr, p, weight_decay, maximize)  # kind and n are kept in the plan
+    prep = None if fused_plan is None else fused_plan.pop("step", None)
+    if prep is None or prep.grads is not grads or prep.exact is not exact or prep.plan.params is not params \
+            or prep.plan.duals is not duals or prep.plan.key[0] != e:
+        prep = prepare(fused_plan, params, grads, duals, momentum_buffers, p=p, momentum=momentum, exact=exact)
+        if fused_plan is not None:
+            del fused_plan["step"]  # a step's gradient pointers serve that step only
+    plan = prep.plan
+    kind, n = plan.kind, plan.n
+    if plan.rest:
+        rest = plan.rest
         sub = None if exact is None else [exact[i] for i in rest]
         single_tensor_mirror_descent(
             [params[i] for i in rest], [grads[i] for i in rest], [duals[i] for i in rest],
@@ -142,31 +283,27 @@ def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, n
         if exact is not None:
             for i, flag in zip(rest, sub):
                 exact[i] = flag
-    if not kernel:
+    if not plan.calls:
         return
     lib = load()
-    threads = torch.get_num_threads()
-    for (pdtype, gdtype, own, masked), idx in kernel.items():
-        ws = [params[i].detach() for i in idx]
-        thetas = ws if own else [duals[i] for i in idx]
-        gs = [grads[i] for i in idx]
-        bufs = _ptrs([momentum_buffers[i] for i in idx]) if momentum != 0.0 else None
+    for c, gptrs in zip(plan.calls, prep.grad_ptrs):
         scales = None
         if normalize:
-            scales = (ctypes.c_double * len(idx))(*[float(lq_scale(g, p, eps, torch.float32)) for g in gs])
-        sizes = (ctypes.c_int64 * len(idx))(*[w.numel() for w in ws])
-        inexact = (ctypes.c_int * len(idx))() if masked else None
+            gs = grads if c.whole else [grads[i] for i in c.idx]
+            scales = (ctypes.c_double * len(gs))(*[float(lq_scale(g, p, eps, torch.float32)) for g in gs])
+        inexact = (ctypes.c_int * len(c.idx))() if c.masked else None
         rc = lib.attnopt_md_step(
-            len(idx), _ptrs(ws), _ptrs(thetas), _ptrs(gs), bufs, sizes, scales,
-            _DTYPES[pdtype], _DTYPES[gdtype], int(own), alpha, decay, momentum,
-            _KINDS[kind], n, e, float(torch.finfo(pdtype).max), 1, threads, int(masked), inexact,
+            len(c.idx), c.w_ptrs, c.theta_ptrs, gptrs.ctypes.data, c.buf_ptrs, c.sizes, scales,
+            _DTYPES[c.pdtype], _DTYPES[c.gdtype], int(c.own), alpha, decay, momentum,
+            _KINDS[kind], n, e, _FMAX[c.pdtype], 1, c.threads, int(c.masked), inexact,
         )
         if rc != 0:
             raise MemoryError("attnopt CPU kernel: out of memory")
-        if masked and exact is not None:
-            for i, bad in zip(idx, inexact):
-                exact[i] = not bad
+        if c.masked and exact is not None:
+            found = numpy.frombuffer(inexact, dtype=numpy.intc) == 0  # tensors the kernel found exact
+            if found.any():
+                for j in numpy.flatnonzero(found).tolist():
+                    exact[c.idx[j]] = True
         # the kernel wrote through raw pointers: mark the weights as modified in place, as the
         # other paths' copy_ does (autograd's saved-tensor checks see it)
-        for w in ws:
-            torch.autograd.graph.increment_version(w)
+        torch.autograd.graph.increment_version(c.ws)

@@ -114,7 +114,7 @@ def mirror_descent(
     does (none given: the fastest available).  ``found_inf``: a one-element tensor on the
     parameters' device; where it is nonzero when the step runs, nothing is written (no host
     synchronisation).  ``lr`` may be a tensor.  ``fused_plan``: a dict kept between calls
-    in which the Triton path keeps its launch plan.  No hyper-parameter validation happens
+    in which the fused paths keep their launch plans (valid for the same lists).  No hyper-parameter validation happens
     here; :class:`~attnopt.optim.MirrorDescent` does it.
 
     The weights are written only where θ moved (an unmoved entry keeps its bits: ∇ψ*(∇ψ(w)) is
@@ -156,4 +156,7 @@ def mirror_descent(
         func = multi_tensor_mirror_descent
     else:
         func = single_tensor_mirror_descent
-    func(params, grads, duals, momentum_buffers, exact=exact, **hyper)
+    if impl == "fused-cpu":
+        func(params, grads, duals, momentum_buffers, exact=exact, fused_plan=fused_plan, **hyper)
+    else:
+        func(params, grads, duals, momentum_buffers, exact=exact, **hyper)

@@ -35,6 +35,7 @@ __all__ = [
     "dual_decay_factor",
     "step_constants",
     "step_scalars",
+    "float_step_scalars",
     "TRITON_INTERPRETING",
     "BIG",
 ]
@@ -220,8 +221,13 @@ def step_constants(lr: float, p: float, weight_decay: float, maximize: bool) -> 
     the signed step ``alpha`` with ``θ ← decay·θ + alpha·d``."""
     e = inverse_exponent(p)
     kind, n = classify_exponent(e)
+    return (e, kind, n, *float_step_scalars(lr, p, weight_decay, maximize))
+
+
+def float_step_scalars(lr: float, p: float, weight_decay: float, maximize: bool) -> tuple[float, float]:
+    """``(decay, alpha)`` of :func:`step_constants` for a float ``lr`` (no exponent work)."""
     decay = dual_decay_factor(lr, weight_decay, p) if weight_decay != 0.0 else 1.0
-    return e, kind, n, decay, (lr if maximize else -lr)
+    return decay, (lr if maximize else -lr)
 
 
 def step_scalars(lr: float | Tensor, p: float, weight_decay: float, maximize: bool) -> tuple[Any, Any]:
@@ -231,8 +237,7 @@ def step_scalars(lr: float | Tensor, p: float, weight_decay: float, maximize: bo
     its device, computed there (no host synchronisation): ``alpha = ∓lr`` and
     ``decay = sign(c)|c|^{p-1}`` with ``c = 1 − lr·weight_decay`` (1 without weight decay)."""
     if not isinstance(lr, Tensor):
-        _, _, _, decay, alpha = step_constants(lr, p, weight_decay, maximize)
-        return decay, alpha
+        return float_step_scalars(lr, p, weight_decay, maximize)
     lr64 = lr.detach().reshape(()).to(torch.float64)
     alpha = lr64 if maximize else -lr64
     if weight_decay == 0.0:

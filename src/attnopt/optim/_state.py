@@ -119,6 +119,7 @@ class Snapshot(NamedTuple):
     settings: tuple  # (p, dual_dtype, momentum on, implementation)
     versions: list[int]
     ptrs: list[int]
+    ids: list[int]  # id() of the group's parameters
     has_grad: list[bool]
     all_have_grads: bool
     sharded: bool
@@ -129,5 +130,6 @@ class Snapshot(NamedTuple):
             return False
         if self.ptrs != addresses(plist, self.sharded):
             return False
-        have = list(map(operator.is_not, grads, repeat(None)))
-        return all(have) if self.all_have_grads else have == self.has_grad
+        if self.all_have_grads:
+            return all(map(operator.is_not, grads, repeat(None)))
+        return list(map(operator.is_not, grads, repeat(None))) == self.has_grad

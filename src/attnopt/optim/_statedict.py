@@ -40,6 +40,7 @@ def state_dict(opt, base: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     weights were edited since the optimizer's last write."""
     opt._report_deferred(wait=True, raise_error=False)
     opt._adopt_groups()
+    opt._flush_versions()
     with _hooks_held(opt, "_optimizer_state_dict_post_hooks") as post:
         sd = base()
     for group, packed in zip(opt.param_groups, sd["param_groups"]):
@@ -48,7 +49,7 @@ def state_dict(opt, base: Callable[[], dict[str, Any]]) -> dict[str, Any]:
             if state and "dual" in state and index in sd["state"] and "synced_weights" not in sd["state"][index]:
                 if opt._versions.get(id(param)) != key(param):  # edited since our last write
                     sync_dual(param, state, group, index)
-                    opt._exact.discard(id(param))
+                    opt._forget_exact(param)
                     opt._versions[id(param)] = key(param)
                 sd["state"][index] = dict(sd["state"][index], synced_weights=param.detach())
     for hook in post.values():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 import warnings
 from itertools import chain
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -199,6 +199,7 @@ class MirrorDescent(Optimizer):
 
     def _reset_caches(self) -> None:
         self._versions: dict[int, tuple[int, int]] = {}  # id(param) -> (_version, address) after our write
+        self._stale: set[int] = set()  # groups whose snapshot holds newer versions than _versions
         self._snapshots: dict[int, Snapshot] = {}  # group index -> the last step's lists
         self._plans: dict[int, dict] = {}  # group index -> the Triton path's plan cache
         self._checked: dict[int, tuple] = {}  # group index -> group_key when last validated
@@ -207,6 +208,7 @@ class MirrorDescent(Optimizer):
         self._meshes: list | None = None
         self._known: list[dict] = []  # group index -> the group object its caches belong to
         self._exact: set[int] = set()  # id(param) whose weights equal ∇ψ*(θ) everywhere (written unmasked)
+        self._exact_lists: dict[int, tuple] = {}  # group index -> (owners list, its exact flags, how many)
         self._warned = getattr(self, "_warned", False)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -223,6 +225,7 @@ class MirrorDescent(Optimizer):
         fill_group(group, self.defaults)
         check_group(group, where)
         del self._impls[gi:], self._known[gi:]
+        self._flush_versions()
         for cache in (self._snapshots, self._plans):
             cache.pop(gi, None)
         self._checked[gi] = group_key(group)
@@ -241,6 +244,30 @@ class MirrorDescent(Optimizer):
         del self._impls[first:], self._known[first:]
         for gi in range(first, len(groups)):
             self._adopt(gi, groups[gi], gi)
+
+    def _flush_versions(self) -> None:
+        """Bring ``_versions`` up to date with the snapshots of the steps that took the fast
+        path (which record their versions only in the snapshot)."""
+        for gi in self._stale:
+            snap = self._snapshots.get(gi)
+            if snap is not None:
+                self._versions.update(zip(snap.ids, zip(snap.versions, snap.ptrs)))
+        self._stale.clear()
+
+    def _forget_exact(self, param: Tensor) -> None:
+        """θ of ``param`` was rebuilt: its weights are no longer known to equal ∇ψ*(θ)."""
+        self._exact.discard(id(param))
+        self._exact_lists.clear()
+
+    def _exact_flags(self, gi: int, owners: list[Tensor]) -> tuple[list[bool], int]:
+        """Per owner, whether its weights are known to equal ∇ψ*(θ) (cached while the owners
+        list is the same object: the step updates the flags in place), and how many are."""
+        cached = self._exact_lists.get(gi)
+        if cached is not None and cached[0] is owners:
+            return cached[1], cached[2]
+        flags = [id(x) in self._exact for x in owners]
+        self._exact_lists[gi] = (owners, flags, sum(flags))
+        return flags, sum(flags)
 
     def _resolve(self, group: dict[str, Any]) -> str:
         impl, why = resolve_implementation(group["params"], foreach=group["foreach"], fused=group["fused"],
@@ -335,6 +362,7 @@ class MirrorDescent(Optimizer):
             if snap.sharded:
                 grads = list(map(_dist.local, grads))
             return snap.batch._replace(grads=grads, synced=False, contiguous=contiguous)
+        self._flush_versions()
         owners, params, grads, duals, bufs, ids = [], [], [], [], [], []
         # every θ is checked at the first step, after load_state_dict, and when p, the dual dtype,
         # momentum or the path changed
@@ -349,7 +377,7 @@ class MirrorDescent(Optimizer):
             state = self.state[param]
             if check_all or self._versions.get(id(param)) != key(param):
                 sync_dual(param, state, group, start + offset)
-                self._exact.discard(id(param))
+                self._forget_exact(param)
                 synced = True
             owners.append(param)
             params.append(_dist.local(param))
@@ -375,7 +403,8 @@ class MirrorDescent(Optimizer):
         settings = (group["p"], group["dual_dtype"], group["momentum"] != 0.0, self._impls[gi])
         has_grad = [x.grad is not None for x in plist]
         self._snapshots[gi] = Snapshot(group, settings, list(map(_version, plist)), addresses(plist, batch.sharded),
-                                        has_grad, all(has_grad), batch.sharded, batch._replace(grads=None))
+                                        list(map(id, plist)), has_grad, all(has_grad), batch.sharded,
+                                        batch._replace(grads=None))
 
     def _deferred(self, gi: int, group: dict[str, Any], batch: Batch) -> bool:
         """Whether this group's non-finite check runs on the device (see ``nonfinite``)."""
@@ -397,9 +426,21 @@ class MirrorDescent(Optimizer):
             start += len(group["params"])
         if self.nonfinite == "ignore":
             return batches, {}
-        host = [g for gi, (group, b) in enumerate(zip(self.param_groups, batches))
-                if b.params and not self._deferred(gi, group, b) for g in b.grads]
-        if host and not self._host_grads_finite(host):
+        host, counted, bad = [], False, 0
+        for gi, (group, b) in enumerate(zip(self.param_groups, batches)):
+            if not b.params or self._deferred(gi, group, b):
+                continue
+            if self._impls[gi] == "fused-cpu":  # the count reuses the step's plan and pointers
+                from attnopt.optim import _cpu
+
+                prep = _cpu.prepare(self._plans.setdefault(gi, {}), b.params, b.grads, b.duals, b.bufs, p=group["p"],
+                                    momentum=group["momentum"], exact=self._exact_flags(gi, b.owners)[0],
+                                    contiguous=b.contiguous)
+                bad += _cpu.count_prepared(prep)
+                counted = True
+            else:
+                host.extend(b.grads)
+        if (host or counted) and not self._host_grads_finite(host, bad):
             self._host_nonfinite()
             return None
         flags = {}
@@ -447,12 +488,18 @@ class MirrorDescent(Optimizer):
                     scales = _dist.global_lq_scales([o.grad for o in b.owners], group["p"], group["eps"],
                                                     b.duals[0].dtype if b.duals[0] is not None else b.params[0].dtype)
                     grads, hyper["normalize"] = [g * s for g, s in zip(grads, scales)], False
-                exact = ([id(x) in self._exact for x in b.owners]
-                         if self._impls[gi] in ("fused-cpu", "foreach", "single") else None)
+                # the host paths' exact-weight flags and the fused paths' plans are eager only: a
+                # compiled step masks every write and plans nothing, and state traced here would
+                # add guards (a recompile each step)
+                eager = not torch.compiler.is_compiling()
+                exact, known = (self._exact_flags(gi, b.owners) if eager and self._impls[gi] in
+                                ("fused-cpu", "foreach", "single") else (None, 0))
                 mirror_descent(b.params, grads, b.duals, b.bufs, **hyper, **_FLAGS[self._impls[gi]],
-                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}), exact=exact)
-                if exact is not None:
-                    self._exact.update(id(x) for x, known in zip(b.owners, exact) if known)
+                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}) if eager else None,
+                               exact=exact)
+                if exact is not None and known < len(exact) and sum(exact) != known:  # the step found more exact
+                    self._exact.update(id(x) for x, flag in zip(b.owners, exact) if flag)
+                    self._exact_lists[gi] = (b.owners, exact, sum(exact))
         self._end_step(batches, flags)
         return loss
 
@@ -464,7 +511,11 @@ class MirrorDescent(Optimizer):
                 # the fused Triton kernel writes through raw pointers (no version bump): its
                 # recorded versions and lists stay valid until something else changes
                 snap = self._snapshots.get(gi)
-                if self._impls[gi] != "fused-triton" or b.synced or snap is None or snap.batch.params is not b.params:
+                if snap is not None and not b.synced and snap.batch.params is b.params and snap.all_have_grads:
+                    if self._impls[gi] != "fused-triton":  # the same lists: only the versions moved
+                        self._snapshots[gi] = snap._replace(versions=list(map(_version, group["params"])))
+                        self._stale.add(gi)
+                else:
                     self._versions.update(zip(map(id, b.owners), map(key, b.owners)))
                     self._take_snapshot(gi, group, b)
             group["step"] += counted
@@ -473,10 +524,13 @@ class MirrorDescent(Optimizer):
 
     # -- non-finite gradients ------------------------------------------------------------
 
-    def _host_grads_finite(self, grads: list[Tensor]) -> bool:
-        finite = gradients_finite(grads)
+    def _host_grads_finite(self, grads: list[Tensor], bad: int = 0) -> bool:
+        """Whether ``grads`` are finite and ``bad`` (non-finite entries counted already) is 0,
+        on every rank."""
+        finite = bad == 0 and (not grads or gradients_finite(grads))
         if self._sharded_meshes():  # every rank must skip the same steps
-            flag = torch.tensor([0 if finite else 1], dtype=torch.int32, device=grads[0].device)
+            device = grads[0].device if grads else torch.device("cpu")
+            flag = torch.tensor([0 if finite else 1], dtype=torch.int32, device=device)
             _dist.all_reduce_max(flag, self._meshes)
             finite = not bool(flag.item())
         return finite
