@@ -98,7 +98,8 @@ def kernel_supports(param: Tensor, grad: Tensor, theta: Tensor | None, buf: Tens
 
 # elements per OpenMP thread below which another thread costs more than it saves: waking a
 # thread team costs microseconds on an idle machine and can cost milliseconds on a loaded one
-# (measured: 41 tensors of 16 x 16 took 11 ms a step with 2 threads under load, 0.1 ms with one)
+# (measured: a step over 41 tensors of 16 x 16 took 11-18 ms with 2 threads on a loaded machine,
+# under 1 ms with one)
 GRAIN = 1 << 16
 
 
