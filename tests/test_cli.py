@@ -54,6 +54,9 @@ def test_parsers():
     assert parse_iters("1.75=10,2:20") == {1.75: 10, 2.0: 20}
     with pytest.raises(typer.BadParameter):
         parse_seeds("a..b")
+    for bad in ("1_0", "1.0", "1..2.0", "3,1e1"):  # int() accepts "1_0"; none is a seed as written
+        with pytest.raises(typer.BadParameter):
+            parse_seeds(bad)
     with pytest.raises(typer.BadParameter):
         parse_iters("many")
 

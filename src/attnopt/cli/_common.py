@@ -180,6 +180,14 @@ def open_out(out: Optional[Path], experiment: str, config: Any, *, overwrite: bo
 _WHOLE = re.compile(r"\s*[-+]?\d+\s*")
 
 
+def _int(text: str) -> int:
+    """``int(text)`` for a whole number written as one (ValueError otherwise: ``int`` itself
+    accepts ``"1_000"``)."""
+    if not _WHOLE.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
+
+
 def whole(value: Any) -> int:
     """The parser of every integer option: a whole number written as one (``"0.0"``, ``"1e3"`` and
     ``"1_000"`` are refused, whatever the installed typer's own integer conversion accepts)."""
@@ -209,12 +217,12 @@ def parse_seeds(text: str, option: str = "--seeds") -> tuple[int, ...]:
                 i = part.index("-", 1)
                 a, b = part[:i], part[i + 1:]
             if sep:
-                lo, hi = int(a), int(b)
+                lo, hi = _int(a), _int(b)
                 if hi < lo:
                     raise typer.BadParameter(f"empty seed range {part!r}", param_hint=option)
                 out.extend(range(lo, hi + 1))
             else:
-                out.append(int(part))
+                out.append(_int(part))
         except ValueError:
             raise typer.BadParameter(f"cannot read seeds {text!r} (use e.g. 1..100 or 1,2,5)",
                                      param_hint=option) from None
@@ -264,6 +272,6 @@ def parse_floats(text: str, option: str) -> list[float]:
 def parse_ints(text: str, option: str) -> tuple[int, ...]:
     """Comma-separated integers."""
     try:
-        return tuple(int(x) for x in str(text).split(",") if x.strip())
+        return tuple(_int(x) for x in str(text).split(",") if x.strip())
     except ValueError:
         raise typer.BadParameter(f"must be comma-separated integers, got {text!r}", param_hint=option) from None
