@@ -27,12 +27,15 @@ def _grads(params, k, gen_seed=1):
     return [torch.randn(x.shape, generator=gen).to(x.dtype) * 0.1 for x in params]
 
 
-def _fresh_step(params, states, p, lr):
-    """The same step by an optimizer with no caches: built from the saved state each step."""
-    opt = MirrorDescent(params, lr=lr, p=p, fused=True)
-    opt.load_state_dict(states)
-    opt.step()
-    return opt.state_dict()
+def _trained(n: int, p: float, steps: int):
+    """A model and its fused optimizer after ``steps`` steps with new gradient tensors each."""
+    params = _model(n=n)
+    opt = MirrorDescent(params, lr=0.05, p=p, fused=True)
+    for k in range(steps):
+        for x, g in zip(params, _grads(params, k)):
+            x.grad = g
+        opt.step()
+    return params, opt
 
 
 @pytest.mark.parametrize("p", [1.1, 1.75, 3.0])
@@ -60,12 +63,7 @@ def test_the_plan_is_reused_and_equals_a_step_without_caches(p):
 
 
 def test_the_plan_is_rebuilt_when_a_gradient_changes_kind_or_a_weight_is_replaced():
-    params = _model(n=4)
-    opt = MirrorDescent(params, lr=0.05, p=1.75, fused=True)
-    for k in range(3):
-        for x, g in zip(params, _grads(params, k)):
-            x.grad = g
-        opt.step()
+    params, opt = _trained(4, 1.75, 3)
     plan = opt._plans[0]["cpu"]
     params[1].grad = _grads(params, 9)[1].t().contiguous().t()  # same shape, not contiguous
     ref = copy.deepcopy(params)
@@ -93,12 +91,7 @@ def test_the_plan_is_rebuilt_when_a_gradient_changes_kind_or_a_weight_is_replace
 
 
 def test_a_nonfinite_gradient_is_caught_on_the_cached_plan():
-    params = _model(n=3)
-    opt = MirrorDescent(params, lr=0.05, p=1.1, fused=True)
-    for k in range(3):
-        for x, g in zip(params, _grads(params, k)):
-            x.grad = g
-        opt.step()
+    params, opt = _trained(3, 1.1, 3)
     before = [x.detach().clone() for x in params]
     params[2].grad = params[2].grad.clone()
     params[2].grad[1, 3] = float("nan")
@@ -118,12 +111,7 @@ def test_after_fast_steps_only_an_edited_parameter_is_resynchronised(between, mo
     synced = []
     real = md.sync_dual
     monkeypatch.setattr(md, "sync_dual", lambda param, state, group, i: (synced.append(i), real(param, state, group, i)))
-    params = _model(n=3)
-    opt = MirrorDescent(params, lr=0.05, p=3.0, fused=True)
-    for k in range(4):
-        for x, g in zip(params, _grads(params, k)):
-            x.grad = g
-        opt.step()
+    params, opt = _trained(3, 3.0, 4)
     assert synced == [0, 1, 2] and opt._stale  # θ built at the first step; the last steps took the fast path
     synced.clear()
     if between == "state_dict":
