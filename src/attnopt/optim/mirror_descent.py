@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer
 
-from attnopt.optim import _dist, _statedict
+from attnopt.optim import _cpu, _dist, _statedict
 from attnopt.optim._checks import GROUP_DEFAULTS, check_group, fill_group, group_key
 from attnopt.optim._functional import mirror_descent, resolve_implementation
 from attnopt.optim._math import BIG, default_dual_dtype
@@ -431,8 +431,6 @@ class MirrorDescent(Optimizer):
             if not b.params or self._deferred(gi, group, b):
                 continue
             if self._impls[gi] == "fused-cpu":  # the count reuses the step's plan and pointers
-                from attnopt.optim import _cpu
-
                 prep = _cpu.prepare(self._plans.setdefault(gi, {}), b.params, b.grads, b.duals, b.bufs, p=group["p"],
                                     momentum=group["momentum"], exact=self._exact_flags(gi, b.owners)[0],
                                     contiguous=b.contiguous)
@@ -494,9 +492,16 @@ class MirrorDescent(Optimizer):
                 eager = not torch.compiler.is_compiling()
                 exact, known = (self._exact_flags(gi, b.owners) if eager and self._impls[gi] in
                                 ("fused-cpu", "foreach", "single") else (None, 0))
-                mirror_descent(b.params, grads, b.duals, b.bufs, **hyper, **_FLAGS[self._impls[gi]],
-                               found_inf=flags.get(b.device), fused_plan=self._plans.setdefault(gi, {}) if eager else None,
-                               exact=exact)
+                lr = hyper["lr"]
+                if eager and self._impls[gi] == "fused-cpu" and b.device not in flags and not (
+                        isinstance(lr, Tensor) and lr.device.type != "cpu"):
+                    # what mirror_descent() would dispatch to, without its per-call resolution
+                    _cpu.cpu_fused_mirror_descent(b.params, grads, b.duals, b.bufs, **hyper, exact=exact,
+                                                  fused_plan=self._plans.setdefault(gi, {}))
+                else:
+                    mirror_descent(b.params, grads, b.duals, b.bufs, **hyper, **_FLAGS[self._impls[gi]],
+                                   found_inf=flags.get(b.device),
+                                   fused_plan=self._plans.setdefault(gi, {}) if eager else None, exact=exact)
                 if exact is not None and known < len(exact) and sum(exact) != known:  # the step found more exact
                     self._exact.update(id(x) for x, flag in zip(b.owners, exact) if flag)
                     self._exact_lists[gi] = (b.owners, exact, sum(exact))

@@ -345,9 +345,10 @@ FINISHED = ("target_train_acc", "max_epochs")
 
 def run_epochs(members: list[Member], start_epoch: int, splits: tuple[DeviceSplit, DeviceSplit, DeviceSplit],
                s: Settings, on_epoch: Callable[[Member, bool], None], root: Path | None = None,
-               final: DeviceSplit | None = None) -> None:
+               final: DeviceSplit | None = None, on_round: Callable[[], None] | None = None) -> None:
     """Epochs until every member has stopped; ``on_epoch(member, finished)`` after each of a
-    member's epochs (and when it stops on a non-finite loss).  With a ``final`` split, each
+    member's epochs (and when it stops on a non-finite loss), ``on_round()`` after the
+    ``on_epoch`` calls of one epoch's members (where a save round commits).  With a ``final`` split, each
     member's validation-selected weights are kept and scored on it once the member has
     finished (train-accuracy target or epoch limit), before its last ``on_epoch``."""
     train, val, test = splits
@@ -358,9 +359,11 @@ def run_epochs(members: list[Member], start_epoch: int, splits: tuple[DeviceSpli
         t0 = time.perf_counter()
         before = [m.active for m in members]
         results = train_epoch(members, epoch, train, s, forward)
-        for m, was in zip(members, before):
-            if was and m.error is not None:
-                on_epoch(m, True)
+        failed = [m for m, was in zip(members, before) if was and m.error is not None]
+        for m in failed:
+            on_epoch(m, True)
+        if failed and on_round is not None:
+            on_round()
         t_train = time.perf_counter() - t0
         done = [members[i] for i in results]
         if not done:
@@ -396,6 +399,8 @@ def run_epochs(members: list[Member], start_epoch: int, splits: tuple[DeviceSpli
                 final_test(finished, final, s)
         for m in ended:
             on_epoch(m, not m.active)
+        if on_round is not None:
+            on_round()
         report(s.progress, "epochs", 1, limit)
         epoch += 1
 

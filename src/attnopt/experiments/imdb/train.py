@@ -35,7 +35,8 @@ import torch
 from attnopt.config import config_error
 from attnopt.errors import CheckpointError, RunFolderError
 from attnopt.experiments.imdb.batching import DeviceSplit
-from attnopt.experiments.imdb.checkpoint import read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from attnopt.experiments.imdb.checkpoint import (CHECKPOINT, commit, pending, read_checkpoint, rng_state,
+                                                 save_checkpoint, set_rng_state, settle)
 from attnopt.experiments.imdb.config import PAPER_E3, EnsembleConfig, TrainConfig
 from attnopt.experiments.imdb.engine import STOP_FILE, Member, NonFiniteLoss, Settings, run_epochs
 from attnopt.experiments.imdb.execution import (Dist, barrier, execution_scope, make_optimizer, resolve_device,
@@ -245,8 +246,15 @@ def _train(cfgs: list[TrainConfig], folders: list[Path | None], root: Path | Non
 
             raise ReviewDataError("the training split is empty")
         names = names or [c.run_name() for c in cfgs]
+        commits = root if root is not None else folders[0]  # where a save round's commit file goes
+        settled = []
+        if resume and commits is not None:
+            if dist.rank == 0:
+                settled = settle([f / CHECKPOINT for f in folders if f is not None], commits)
+            barrier(dist)  # every process reads the settled checkpoints
         members, cks = zip(*(_member(c, n, f, device, resume, dist) for c, n, f in zip(cfgs, names, folders)))
         members = list(members)
+        members[0].notes[:0] = settled
         active = [(m, ck) for m, ck in zip(members, cks) if m.active]
         epochs = {ck["epoch"] if ck else 0 for _, ck in active}
         if len(epochs) > 1:
@@ -273,12 +281,21 @@ def _train(cfgs: list[TrainConfig], folders: list[Path | None], root: Path | Non
         extra = {"device": str(device), "precision": precision, "pad": s.pad, "loss": s.loss,
                  "world_size": dist.world, "members": len(members), "data_sizes": data.sizes()}
         ens = {"names": names} if root is not None else None
+        round_: list[tuple[Member, bool, bool]] = []
 
         def on_epoch(m: Member, finished: bool) -> None:
-            _after_epoch(m, finished, extra, dist, device, ens)
+            round_.append((m, finished, _save(m, finished, dist, device, ens)))
+
+        def on_round() -> None:
+            """Phase 2 of the round's save, then the members' histories and summaries."""
+            if dist.rank == 0 and commits is not None:
+                commit([m.checkpoint for m, _, saved in round_ if saved], commits)
+            for m, finished, _ in round_:
+                _record(m, finished, extra, dist, ens)
+            round_.clear()
 
         if any(m.active for m in members):
-            run_epochs(members, start, splits, s, on_epoch, root, final)
+            run_epochs(members, start, splits, s, on_epoch, root, final, on_round)
     return [TrainResult(m.folder, m.cfg, _summary(m, extra), m.history, m.notes, m.error) for m in members]
 
 
@@ -289,10 +306,11 @@ def _remove_stale_stops(members: Sequence[Member], root: Path | None) -> None:
             (m or members[0]).notes.append(f"removed {folder / STOP_FILE} left from an earlier stop")
 
 
-def _after_epoch(m: Member, finished: bool, extra: dict, dist: Dist, device: torch.device, ens: dict | None) -> None:
-    """Checkpoint (every ``checkpoint_every`` epochs and at the end), history and summary."""
+def _save(m: Member, finished: bool, dist: Dist, device: torch.device, ens: dict | None) -> bool:
+    """Phase 1 of a save round (every ``checkpoint_every`` epochs and at the end): the member's
+    pending checkpoint (on every process: the generators' gather is collective); whether it saved."""
     if m.folder is None:
-        return
+        return False
     epoch = len(m.history)
     if m.error is None and (finished or epoch % m.cfg.checkpoint_every == 0):
         states = [rng_state(device)]
@@ -302,12 +320,18 @@ def _after_epoch(m: Member, finished: bool, extra: dict, dist: Dist, device: tor
             states = [None] * dist.world
             tdist.all_gather_object(states, rng_state(device))
         if dist.rank == 0:
-            save_checkpoint(m.checkpoint, config=m.cfg.to_dict(), epoch=epoch, model=m.model, optimizer=m.optimizer,
-                            data_gen=m.data_gen, rng=states, history=m.history,
+            save_checkpoint(pending(m.checkpoint), config=m.cfg.to_dict(), epoch=epoch, model=m.model,
+                            optimizer=m.optimizer, data_gen=m.data_gen, rng=states, history=m.history,
                             stop_reason=m.stop_reason if finished else None,
                             ensemble=None if ens is None else ens | {"name": m.name},
                             best={"best": m.best, "best_epoch": m.best_epoch, "best_val": m.best_val, "final": m.final})
-    if dist.rank != 0:
+        return True
+    return False
+
+
+def _record(m: Member, finished: bool, extra: dict, dist: Dist, ens: dict | None) -> None:
+    """History, summary and report of a member after its round committed (rank 0)."""
+    if m.folder is None or dist.rank != 0:
         return
     run = RunDir(m.folder)
     if ens is not None and not (m.folder / "config.json").is_file():
