@@ -44,7 +44,7 @@ import numpy as np
 from attnopt.data.shared import CHECKSUMS, DataError, shared_file
 from attnopt.errors import UserError
 from attnopt.files import atomic_write_bytes, writable_folder
-from attnopt.paths import CACHE_ENV_VAR, cache_dir
+from attnopt.paths import CACHE_ENV_VAR, cache_dir  # noqa: F401  (CACHE_ENV_VAR: re-exported)
 from attnopt.runtime import ProgressFn
 
 PAD_ID = 0
