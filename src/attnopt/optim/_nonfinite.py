@@ -28,6 +28,7 @@ from torch import Tensor
 from attnopt.optim._math import BIG
 
 __all__ = ["NONFINITE_MODES", "NonFiniteGradientError", "gradients_finite", "first_nonfinite", "DeviceRecord",
+           "host_nonfinite", "report_deferred",
            "BIG"]
 
 #: Accepted values of ``nonfinite``.
@@ -77,6 +78,55 @@ def first_nonfinite(groups: Iterable[dict]) -> tuple[int, int, Tensor] | None:
                 return gi, index, param
             index += 1
     return None
+
+
+def host_nonfinite(opt) -> None:
+    """A non-finite gradient found on the host before optimizer ``opt``'s step: raise
+    (``nonfinite="raise"``, naming the parameter) or count the skipped step."""
+    bad = first_nonfinite(opt.param_groups)
+    if opt.nonfinite == "raise":
+        g0 = opt.param_groups[0]
+        step_no = g0["step"] + g0["skipped_steps"] + 1
+        if bad is None:
+            raise NonFiniteGradientError(f"MirrorDescent: a non-finite gradient (NaN or inf) on another rank at step "
+                                         f"{step_no}; nothing was updated")
+        gi, index, param = bad
+        raise NonFiniteGradientError(
+            f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} "
+            f"(param_groups[{gi}], shape {tuple(param.shape)}, dtype {param.dtype}) at step "
+            f"{step_no}; nothing was updated. Pass nonfinite='skip' to skip such steps."
+        )
+    for group in opt.param_groups:
+        group["skipped_steps"] += 1
+
+
+def report_deferred(opt, wait: bool, raise_error: bool = True) -> None:
+    """Account for the steps the device skipped (optimizer ``opt``'s device records), and under ``"raise"`` raise for the first
+    (``raise_error``; otherwise it stays pending for the next step)."""
+    for record in opt._records.values():
+        values = record.read() if wait else record.poll()
+        if values is None:
+            continue
+        pending = opt.nonfinite == "raise" and values[1] != 0
+        if values[0] == record.reported and not pending:
+            continue
+        if not wait:
+            values = record.read()  # exact numbers for the report
+        new = values[0] - record.reported
+        for group in opt.param_groups:
+            group["skipped_steps"] += new
+            group["step"] = max(0, group["step"] - new)
+        record.reported = values[0]
+        if not (opt.nonfinite == "raise" and values[1] != 0 and raise_error):
+            continue
+        record.clear_report()
+        index = BIG - values[1]
+        param = opt._param_at(index)
+        raise NonFiniteGradientError(
+            f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} (shape {tuple(param.shape)}, "
+            f"dtype {param.dtype}) at step {values[2]}, found on {record.device}; nothing was written in that "
+            "step or after it until now. Pass nonfinite='skip' to skip such steps and go on."
+        )
 
 
 class DeviceRecord:

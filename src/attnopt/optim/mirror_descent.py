@@ -31,13 +31,14 @@ from torch.optim.optimizer import Optimizer
 from attnopt.optim import _cpu, _dist, _statedict
 from attnopt.optim._checks import GROUP_DEFAULTS, check_group, fill_group, group_key
 from attnopt.optim._functional import mirror_descent, resolve_implementation
-from attnopt.optim._math import BIG, default_dual_dtype
+from attnopt.optim._math import default_dual_dtype
 from attnopt.optim._nonfinite import (
     NONFINITE_MODES,
     DeviceRecord,
     NonFiniteGradientError,
-    first_nonfinite,
     gradients_finite,
+    host_nonfinite,
+    report_deferred,
 )
 from attnopt.optim._state import SPARSE_MESSAGE, Batch, Snapshot, addresses, check_dense, key, sync_dual
 
@@ -541,21 +542,7 @@ class MirrorDescent(Optimizer):
         return finite
 
     def _host_nonfinite(self) -> None:
-        bad = first_nonfinite(self.param_groups)
-        if self.nonfinite == "raise":
-            g0 = self.param_groups[0]
-            step_no = g0["step"] + g0["skipped_steps"] + 1
-            if bad is None:
-                raise NonFiniteGradientError(f"MirrorDescent: a non-finite gradient (NaN or inf) on another rank at step "
-                                             f"{step_no}; nothing was updated")
-            gi, index, param = bad
-            raise NonFiniteGradientError(
-                f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} "
-                f"(param_groups[{gi}], shape {tuple(param.shape)}, dtype {param.dtype}) at step "
-                f"{step_no}; nothing was updated. Pass nonfinite='skip' to skip such steps."
-            )
-        for group in self.param_groups:
-            group["skipped_steps"] += 1
+        host_nonfinite(self)
 
     def _record(self, device: torch.device, triton: bool) -> DeviceRecord:
         record = self._records.get(device)
@@ -566,32 +553,8 @@ class MirrorDescent(Optimizer):
         return record
 
     def _report_deferred(self, wait: bool, raise_error: bool = True) -> None:
-        """Account for the steps the device skipped, and under ``"raise"`` raise for the first
-        (``raise_error``; otherwise it stays pending for the next step)."""
-        for record in self._records.values():
-            values = record.read() if wait else record.poll()
-            if values is None:
-                continue
-            pending = self.nonfinite == "raise" and values[1] != 0
-            if values[0] == record.reported and not pending:
-                continue
-            if not wait:
-                values = record.read()  # exact numbers for the report
-            new = values[0] - record.reported
-            for group in self.param_groups:
-                group["skipped_steps"] += new
-                group["step"] = max(0, group["step"] - new)
-            record.reported = values[0]
-            if not (self.nonfinite == "raise" and values[1] != 0 and raise_error):
-                continue
-            record.clear_report()
-            index = BIG - values[1]
-            param = self._param_at(index)
-            raise NonFiniteGradientError(
-                f"MirrorDescent: non-finite gradient (NaN or inf) for parameter {index} (shape {tuple(param.shape)}, "
-                f"dtype {param.dtype}) at step {values[2]}, found on {record.device}; nothing was written in that "
-                "step or after it until now. Pass nonfinite='skip' to skip such steps and go on."
-            )
+        """Account for the steps the device skipped (see :func:`report_deferred`)."""
+        report_deferred(self, wait, raise_error)
 
     def _param_at(self, index: int) -> Tensor:
         return list(chain.from_iterable(g["params"] for g in self.param_groups))[index]
