@@ -106,3 +106,10 @@ def test_runs_as_a_module():
     proc = subprocess.run([sys.executable, "-m", "attnopt.report.docs_tables"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_changed_cpu_sweep_record_is_caught(copy):
+    hist = copy / "results/imdb-cpu/records/cpu-lr-p1.1-lr0.0004/seed0-init0/history.csv"
+    _edit(hist, ",0.534,", ",0.544,")
+    problems = check(copy)
+    assert len(problems) == 1 and "table:imdb_cpu.sweep differs" in problems[0] and "54.4" in problems[0]

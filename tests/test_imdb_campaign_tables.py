@@ -158,6 +158,19 @@ def test_campaign_dry_run_on_the_plan_of_record_lists_every_cell(tmp_path):
     assert not (tmp_path / "empty").exists()
 
 
+def test_campaign_results_default_to_the_plans_folder(tmp_path):
+    # the CPU plan's committed sweep records count without --results (they live beside the plan)
+    plan = Path(__file__).resolve().parents[1] / "results" / "imdb-cpu" / "plan.toml"
+    res = runner.invoke(app, ["imdb", "campaign", str(plan), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "| cpu-lr-p2-lr0.0002 | sweep | 0.0002 | 1 / 1 | – | – |" in res.stdout
+    copy = tmp_path / "plan.toml"
+    copy.write_text(plan.read_text())
+    res = runner.invoke(app, ["imdb", "campaign", str(copy), "--dry-run"])
+    assert res.exit_code == 0 and "| cpu-lr-p2-lr0.0002 | sweep | 0.0002 | 0 / 1 | 0 | – |" in res.stdout
+    assert not (tmp_path / "records").exists()
+
+
 def test_campaign_interrupted_says_what_is_kept(tmp_path, monkeypatch):
     from attnopt.experiments.imdb import campaign as campaign_mod
 

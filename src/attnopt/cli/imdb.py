@@ -204,8 +204,9 @@ def campaign(
     plan: Annotated[Path, typer.Argument(help="the plan (TOML), e.g. results/imdb/plan.toml")],
     budget: Annotated[float, typer.Option(help="seconds of training; then every trial in progress stops after its "
                                                 "epoch and keeps its checkpoint in --work")] = 480.0,
-    results: Annotated[Path, typer.Option(help="the results folder: complete trials are skipped, new records go to "
-                                                "RESULTS/records")] = Path("results/imdb"),
+    results: Annotated[Optional[Path], typer.Option(
+        help="the results folder: complete trials are skipped, new records go to RESULTS/records "
+             "(default: the plan's folder, e.g. results/imdb-cpu for results/imdb-cpu/plan.toml)")] = None,
     work: Annotated[Optional[Path], typer.Option(
         help="checkpoints of trials in progress (outside the records; default runs/campaign-work)")] = None,
     only: Annotated[Optional[List[str]], typer.Option(help="train only cells whose name starts with this "
@@ -238,6 +239,9 @@ def campaign(
     is trained once; see docs/campaign_cluster.md."""
     t0 = time.perf_counter()
     from attnopt.experiments.imdb.campaign import CampaignConfig, run_campaign
+
+    if results is None:
+        results = plan.parent
 
     with guard():
         cfg = CampaignConfig(plan=str(plan), budget=budget, work=None if work is None else str(work),

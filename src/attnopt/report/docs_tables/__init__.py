@@ -40,13 +40,13 @@ Generator = Callable[[Records], str]
 
 
 def _registry() -> tuple[dict[str, Generator], list[Callable[[Records], list[Claim]]], dict[str, str]]:
-    from attnopt.report.docs_tables import imdb, synthetic, synthetic_claims, vision
+    from attnopt.report.docs_tables import imdb, imdb_cpu, synthetic, synthetic_claims, vision
     from attnopt.report.docs_tables import unrecorded as exempt
 
     tables: dict[str, Generator] = {}
     claims = []
     unrecorded: dict[str, str] = dict(UNRECORDED)
-    for mod in (synthetic, synthetic_claims, vision, imdb, exempt):
+    for mod in (synthetic, synthetic_claims, vision, imdb, imdb_cpu, exempt):
         for name, fn in getattr(mod, "TABLES", {}).items():
             if name in tables:  # pragma: no cover - a programming error
                 raise ValueError(f"table {name} defined twice")
