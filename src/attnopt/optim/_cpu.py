@@ -163,6 +163,8 @@ class _Call(NamedTuple):
     sizes: Any
     threads: int
     whole: bool  # idx is every tensor of the list, in order: the gradients need no gathering
+    inexact: Any  # masked calls: the kernel's per-tensor "a kept weight differs" flags (numpy intc), else None
+    inexact_ptr: int | None  # its address, kept (the array lives as long as the plan)
 
 
 class _Plan(NamedTuple):
@@ -206,10 +208,12 @@ def _plan(params, grads, duals, bufs, key, e, exact) -> _Plan:
         idx.sort()
         ws = [params[i].detach() for i in idx]
         numels = [w.numel() for w in ws]
+        flags = numpy.zeros(len(idx), dtype=numpy.intc) if masked else None
         calls.append(_Call(idx, pdtype, gdtype, own, masked, ws, _ptrs(ws),
                            _ptrs(ws if own else [duals[i] for i in idx]),
                            _ptrs([bufs[i] for i in idx]) if bufs[idx[0]] is not None else None,
-                           (ctypes.c_int64 * len(idx))(*numels), threads_for(sum(numels)), len(idx) == len(params)))
+                           (ctypes.c_int64 * len(idx))(*numels), threads_for(sum(numels)), len(idx) == len(params),
+                           flags, None if flags is None else flags.ctypes.data))
     kind, n = classify_exponent(e)
     return _Plan(params, duals, bufs, exact, key, kind, n, rest, calls)
 
@@ -292,19 +296,18 @@ def cpu_fused_mirror_descent(params, grads, duals, momentum_buffers, *, lr, p, n
         if normalize:
             gs = grads if c.whole else [grads[i] for i in c.idx]
             scales = (ctypes.c_double * len(gs))(*[float(lq_scale(g, p, eps, torch.float32)) for g in gs])
-        inexact = (ctypes.c_int * len(c.idx))() if c.masked else None
+        if c.masked:
+            c.inexact.fill(0)
         rc = lib.attnopt_md_step(
             len(c.idx), c.w_ptrs, c.theta_ptrs, gptrs.ctypes.data, c.buf_ptrs, c.sizes, scales,
             _DTYPES[c.pdtype], _DTYPES[c.gdtype], int(c.own), alpha, decay, momentum,
-            _KINDS[kind], n, e, _FMAX[c.pdtype], 1, c.threads, int(c.masked), inexact,
+            _KINDS[kind], n, e, _FMAX[c.pdtype], 1, c.threads, int(c.masked), c.inexact_ptr,
         )
         if rc != 0:
             raise MemoryError("attnopt CPU kernel: out of memory")
-        if c.masked and exact is not None:
-            found = numpy.frombuffer(inexact, dtype=numpy.intc) == 0  # tensors the kernel found exact
-            if found.any():
-                for j in numpy.flatnonzero(found).tolist():
-                    exact[c.idx[j]] = True
+        if c.masked and exact is not None and not c.inexact.all():  # some tensors the kernel found exact
+            for j in numpy.flatnonzero(c.inexact == 0).tolist():
+                exact[c.idx[j]] = True
         # the kernel wrote through raw pointers: mark the weights as modified in place, as the
         # other paths' copy_ does (autograd's saved-tensor checks see it)
         torch.autograd.graph.increment_version(c.ws)
