@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 from attnopt.report.docs_tables.records import Records
 from attnopt.report.tables import markdown_table
@@ -19,10 +18,10 @@ def _summaries(rec: Records) -> list[tuple[str, dict]]:
     root = rec.root / RECORDS
     out = []
     for path in sorted(root.glob("cpu-lr-*/*/summary.json")) if root.is_dir() else []:
-        rel = path.relative_to(rec.root).as_posix()
-        s = rec.json(rel)
+        folder = path.parent.relative_to(rec.root).as_posix()
+        s = rec.json(f"{folder}/summary.json")
         if s.get("complete") is True:
-            out.append((str(Path(rel).parent.as_posix()), s))
+            out.append((folder, s))
     return out
 
 
