@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from attnopt.optim import MirrorDescent
+from attnopt.runtime import end_process, skip_finalisation
 
 STEPS = 5
 OPT = dict(lr=0.05, p=1.5, normalize=True, momentum=0.9, weight_decay=0.01)
@@ -51,13 +52,15 @@ def _worker(rank: int, world: int, out_dir: str, dtype=torch.float64, impl=None)
         ddp = torch.nn.parallel.DistributedDataParallel(_model(dtype))
         params = _train(ddp, _batches(dtype), rank, world, **(impl or {}))
         torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
-        # an orderly teardown: both ranks done talking, the DDP wrapper (which holds the gloo
-        # backend and its threads) gone, then the group destroyed while the interpreter is whole
-        dist.barrier()
+        dist.barrier()  # both ranks done talking
         del ddp
         gc.collect()
     finally:
         dist.destroy_process_group()
+    # the gloo threads outlive the group once DDP was built on it: leave without Python's
+    # finalisation, as the command line does (attnopt.runtime.skip_finalisation says why)
+    skip_finalisation()
+    end_process(0)
 
 
 #: A hung collective fails the test instead of the whole CI run (the workers take seconds).

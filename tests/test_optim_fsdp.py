@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from attnopt.optim import MirrorDescent
+from attnopt.runtime import end_process, skip_finalisation
 
 STEPS = 5
 WORKER_TIMEOUT_S = 300
@@ -67,6 +68,10 @@ def _worker(rank: int, world: int, out_dir: str) -> None:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # the same SIGABRT at interpreter exit as under DDP (a gloo thread still finishing work):
+    # leave without Python's finalisation, as the command line does (attnopt.runtime)
+    skip_finalisation()
+    end_process(0)
 
 
 CASES = {

@@ -213,6 +213,10 @@ def _dcp_worker(rank: int, world: int, out_dir: str) -> None:
         gc.collect()
     finally:
         dist.destroy_process_group()
+    from attnopt.runtime import end_process, skip_finalisation
+
+    skip_finalisation()  # gloo threads outlive the group under DDP: see attnopt.runtime
+    end_process(0)
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -57,7 +57,14 @@ app.add_typer(_convex.app, name="convex")
 app.add_typer(_imdb.app, name="imdb")
 app.add_typer(_vision.app, name="vision")
 
-__all__ = ["app"]
+
+
+def run() -> None:
+    """The ``attnopt`` console script."""
+    _common.run_app(app, prog_name="attnopt")
+
+
+__all__ = ["app", "run"]
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    run()

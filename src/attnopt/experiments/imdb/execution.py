@@ -16,7 +16,7 @@ import torch
 
 from attnopt.config import config_error
 from attnopt.experiments.imdb.config import TrainConfig
-from attnopt.runtime import preserved_rng
+from attnopt.runtime import preserved_rng, skip_finalisation
 
 
 @dataclass
@@ -53,10 +53,16 @@ def setup_distributed(device_req: str) -> Dist:
 
 
 def teardown_distributed(info: Dist) -> None:
+    """Destroy the group :func:`setup_distributed` made; after a gloo group the command line
+    ends the process without Python's finalisation (:func:`attnopt.runtime.skip_finalisation`
+    says why)."""
     if info.initialised_here:
         import torch.distributed as dist
 
+        gloo = dist.get_backend() == "gloo"
         dist.destroy_process_group()
+        if gloo:
+            skip_finalisation()
 
 
 def barrier(info: Dist) -> None:
