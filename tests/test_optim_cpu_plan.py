@@ -134,3 +134,40 @@ def test_threads_follow_the_work():
     assert _cpu.threads_for(41 * 256) == 1  # a small model: one thread, no team to wake
     assert _cpu.threads_for(1 << 24) == torch.get_num_threads()
     assert _cpu.threads_for(3 * _cpu.GRAIN) == min(3, torch.get_num_threads())
+
+
+def _mixed(merge: bool, monkeypatch, steps=5):
+    """41 tensors of 16 x 16 at p = 1.75 where the round trip is exact for some and not others
+    (the benchmark's small model): with or without the merge of the two kinds into one call."""
+    if not merge:
+        monkeypatch.setattr(_cpu, "_merge_small", lambda kernel, params: None)
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(16, 16, generator=gen) * 0.05) for _ in range(41)]
+    grads = [torch.randn(16, 16, generator=gen) * 1e-3 for _ in range(41)]
+    opt = MirrorDescent(params, lr=1e-4, p=1.75, fused=True)
+    for _ in range(steps):
+        for x, g in zip(params, grads):
+            x.grad = g.clone()
+        opt.step()
+    monkeypatch.undo()
+    return params, [(c.masked, len(c.idx)) for c in opt._plans[0]["cpu"].calls]
+
+
+def test_a_small_list_split_only_by_masking_runs_as_one_masked_call_with_the_same_bits(monkeypatch):
+    merged, calls = _mixed(True, monkeypatch)
+    split, split_calls = _mixed(False, monkeypatch)
+    assert sorted(split_calls) == [(False, 3), (True, 38)]  # the case: exact and inexact tensors
+    assert calls == [(True, 41)]
+    for a, b in zip(merged, split):
+        assert torch.equal(a, b)
+
+
+def test_only_small_groups_are_merged():
+    small = [torch.zeros(100) for _ in range(4)]
+    large = [torch.zeros(_cpu.GRAIN) for _ in range(2)]
+    kernel = {("f32", "f32", False, False): [0, 1], ("f32", "f32", False, True): [2, 3]}
+    _cpu._merge_small(kernel, small)
+    assert kernel == {("f32", "f32", False, True): [0, 1, 2, 3]}
+    kernel = {("f32", "f32", False, False): [0], ("f32", "f32", False, True): [1]}
+    _cpu._merge_small(kernel, large)
+    assert len(kernel) == 2
