@@ -74,9 +74,8 @@ def skip_finalisation() -> None:
     Called after a gloo process group is torn down.  Measured (core dump of a rank that died
     with SIGABRT, "terminate called without an active exception", in 5 of 30 two-process
     torchrun runs of ``attnopt imdb train`` on a loaded 2-core machine, 0 of 30 since): a gloo
-    worker thread (``ProcessGroupGloo::runLoop``)
-    was still destroying a finished all-gather whose tensors' Python objects need the GIL while
-    the main thread was in ``Py_FinalizeEx``; Python ends a thread that takes the GIL during
+    worker thread (``ProcessGroupGloo::runLoop``) was still destroying a finished all-gather
+    whose tensors' Python objects need the GIL while the main thread was in ``Py_FinalizeEx``; Python ends a thread that takes the GIL during
     finalisation with ``pthread_exit``, whose unwinding through that destructor calls
     ``std::terminate``.  The group outlives ``destroy_process_group()`` once a
     ``DistributedDataParallel`` was built on it (torch keeps references to it: its worker threads
