@@ -33,19 +33,15 @@ from attnopt.optim._math import classify_exponent, inverse_exponent
 CASES = (1.1, 1.75, 2.0, 3.0)
 
 
-def _ptrs(ts):
-    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
-
-
-def time_case(lib, p: float, numel: int, threads: int, rounds: int, steps: int) -> dict[str, float]:
+def time_case(lib, p: float, numel: int, threads: int, rounds: int, steps: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(numel, generator=gen) * 0.05
     theta = torch.randn(numel, generator=gen) * 0.01
     g = torch.randn(numel, generator=gen)
     e = inverse_exponent(p)
     kind, n = classify_exponent(e)
-    keep = (_ptrs([w]), _ptrs([theta]), _ptrs([g]), (ctypes.c_int64 * 1)(numel), np.zeros(1, dtype=np.intc))
-    W, TH, G, sizes, flag = keep
+    W, TH, G = _cpu._ptrs([w]), _cpu._ptrs([theta]), _cpu._ptrs([g])
+    sizes, flag = (ctypes.c_int64 * 1)(numel), np.zeros(1, dtype=np.intc)
 
     def step(masked: int) -> None:
         rc = lib.attnopt_md_step(1, W, TH, G, None, sizes, None, 0, 0, 0, -1e-9, 1.0, 0.0, _cpu._KINDS[kind], n, e,
@@ -54,7 +50,7 @@ def time_case(lib, p: float, numel: int, threads: int, rounds: int, steps: int) 
 
     for masked in (0, 1):
         step(masked)
-    best = {"plain": float("inf"), "masked": float("inf")}
+    best = {"kind": kind, "plain": float("inf"), "masked": float("inf")}
     for _ in range(rounds):
         for name, masked in (("plain", 0), ("masked", 1)):
             t = time.perf_counter()
@@ -77,7 +73,7 @@ def main(argv=None) -> int:
     print(f"{'p':>5s} {'kind':>9s} {'plain ns/el':>12s} {'masked ns/el':>13s} {'masked/plain':>13s}")
     for p in CASES:
         best = time_case(lib, p, args.numel, args.threads, args.rounds, args.steps)
-        print(f"{p:5g} {classify_exponent(inverse_exponent(p))[0]:>9s} {best['plain']:12.3f} {best['masked']:13.3f} "
+        print(f"{p:5g} {best['kind']:>9s} {best['plain']:12.3f} {best['masked']:13.3f} "
               f"{best['masked'] / best['plain']:12.2f}x")
     return 0
 

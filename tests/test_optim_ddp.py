@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faulthandler
-import gc
 import os
 import sys
 import time
@@ -53,8 +52,6 @@ def _worker(rank: int, world: int, out_dir: str, dtype=torch.float64, impl=None)
         params = _train(ddp, _batches(dtype), rank, world, **(impl or {}))
         torch.save(params, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()  # both ranks done talking
-        del ddp
-        gc.collect()
     finally:
         dist.destroy_process_group()
     # the gloo threads outlive the group once DDP was built on it: leave without Python's

@@ -198,7 +198,6 @@ def test_distributed_checkpoint_state_helpers_move_nothing_and_resume_exactly():
 
 
 def _dcp_worker(rank: int, world: int, out_dir: str) -> None:
-    import gc
     import os
 
     import torch.distributed as dist
@@ -210,7 +209,6 @@ def _dcp_worker(rank: int, world: int, out_dir: str) -> None:
         checks = _dcp_resume_checks(rank, wrap=torch.nn.parallel.DistributedDataParallel)
         torch.save(checks, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
-        gc.collect()
     finally:
         dist.destroy_process_group()
     from attnopt.runtime import end_process, skip_finalisation

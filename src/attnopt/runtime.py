@@ -75,9 +75,9 @@ def skip_finalisation() -> None:
     with SIGABRT, "terminate called without an active exception", in 5 of 30 two-process
     torchrun runs of ``attnopt imdb train`` on a loaded 2-core machine, 0 of 30 since): a gloo
     worker thread (``ProcessGroupGloo::runLoop``) was still destroying a finished all-gather
-    whose tensors' Python objects need the GIL while the main thread was in ``Py_FinalizeEx``; Python ends a thread that takes the GIL during
-    finalisation with ``pthread_exit``, whose unwinding through that destructor calls
-    ``std::terminate``.  The group outlives ``destroy_process_group()`` once a
+    whose tensors' Python objects need the GIL while the main thread was in ``Py_FinalizeEx``;
+    Python ends a thread that takes the GIL during finalisation with ``pthread_exit``, whose
+    unwinding through that destructor calls ``std::terminate``.  The group outlives ``destroy_process_group()`` once a
     ``DistributedDataParallel`` was built on it (torch keeps references to it: its worker threads
     are still alive after the module is deleted and collected), so joining the threads first is
     not in our hands; leaving without finalisation is."""

@@ -49,8 +49,8 @@
 #define STREAM_MIN (1 << 18) /* smaller tensors are written through the cache: they are likely still there at the next forward pass */
 /* Masked calls never stream: they read w back (keep_old) at the next step, and a streamed w
  * sits in DRAM by then.  Measured on 2 AMD EPYC cores, 1M float32 elements, one thread: a
- * masked step took 0.57 ns/element streamed against 0.28 cached (p = 1.1; p = 2, 3: 0.37 vs
- * 0.12); cached, it costs 1.15-1.4x an unmasked step (benchmarks/cpu_kernel_masked.py). */
+ * masked step took 0.57 ns/element streamed against 0.28 cached (p = 1.1; p = 2 and 3, forced
+ * masked: 0.37 vs 0.12); cached, it costs 1.15-1.4x an unmasked step (benchmarks/cpu_kernel_masked.py). */
 
 enum { DT_F32 = 0, DT_BF16 = 1 };
 enum { K_IDENTITY = 0, K_SQUARE = 1, K_SQRT = 2, K_INT = 3, K_HALFINT = 4, K_GENERAL = 5,
