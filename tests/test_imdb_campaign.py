@@ -4,6 +4,7 @@ probes, and the plan of record."""
 import json
 import shutil
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,7 @@ def test_plan_expands_cells_and_writes_the_defaults_into_each_trial(tmp_path):
 
 def test_the_same_trial_named_by_two_cells_is_one_trial():
     text = TINY_PLAN + '\n[[cell]]\nname = "again"\noptimizer = "md"\np = 1.1\nlr = 0.01\nseeds = [1, 5]\n'
-    plan = parse_plan(__import__("tomllib").loads(text))
+    plan = parse_plan(tomllib.loads(text))
     assert len(plan.trials()) == 6  # seed 1 of "again" is tiny-p1.1's seed 1
     shared = [t for t in plan.trials() if t.config.seed == 1 and t.config.p == 1.1 and t.config.optimizer == "md"]
     assert [t.cell for t in shared] == ["tiny-p1.1"]
@@ -115,7 +116,7 @@ optimizer = "adam"
 lr = "sweep:sw"
 seeds = [0, 1]
 """
-    plan = parse_plan(__import__("tomllib").loads(text))
+    plan = parse_plan(tomllib.loads(text))
     sweep = [c for c in plan.cells if c.group == "sweep"]
     assert [c.name for c in sweep] == ["sw-adam-lr0.0001", "sw-adam-lr0.001"]
     main = next(c for c in plan.cells if c.name == "main")
@@ -191,6 +192,27 @@ def test_the_authors_score_normalises_over_the_tokens_without_cls_and_sep(monkey
     assert content["score"] == pytest.approx((0.15 - 0.05) / (0.2 - 0.05))
     assert full["score"] == pytest.approx(0.15 / 0.5)
     assert content["rank"] == 2  # "movie" (0.2) above "fantastic"
+    # the whole map over the tokens without [CLS]/[SEP], from which the E5 heat maps are drawn
+    assert content["tokens"] == ["the", "movie", "was", "fantastic"] and content["marked"] == [3]
+    assert content["map"] == pytest.approx([(0.1 - 0.05) / 0.15, 1.0, 0.0, (0.15 - 0.05) / 0.15])
+    assert full["map"] == pytest.approx([0.1 / 0.5, 0.2 / 0.5, 0.05 / 0.5, 0.15 / 0.5])
+
+
+def test_a_trial_knows_the_plan_block_it_came_from():
+    plan = parse_plan(tomllib.loads('''
+[[sweep]]
+name = "sw"
+optimizer = "adam"
+lr = [1e-4]
+seeds = [0]
+max_epochs = 2
+[[cell]]
+name = "main"
+optimizer = "adam"
+lr = 1e-3
+seeds = [0, 1]
+'''))
+    assert {(t.cell, t.group) for t in plan.trials()} == {("sw", "sweep"), ("main", "cell")}
 
 
 # --------------------------------------------------------------------------- the campaign
@@ -209,6 +231,11 @@ def test_campaign_records_every_trial_small_and_complete_then_skips_them(easy_da
         assert sum(e4["histograms"]["Q"]) == e4["stats"]["Q"]["entries"]
         assert (e5["ours"]["n"], e5["authors"]["n"]) == (60, 44)
         assert all(0.0 <= p["score"] <= 1.0 for p in e5["authors"]["probes"])
+        for probe in e5["authors"]["probes"]:  # the whole map, its marked pieces holding the score
+            assert len(probe["tokens"]) == len(probe["map"]) and probe["marked"]
+            assert max(probe["map"][j] for j in probe["marked"]) == pytest.approx(probe["score"], abs=5e-4)
+        assert all("map" not in p for p in e5["ours"]["probes"])  # the long reviews: scores only
+        assert json.loads((rec / "summary.json").read_text())["record"]["group"] == "cell"
     assert not list((tmp_path / "work").glob("ens-*"))  # every member recorded: work folders removed
     assert all(r["complete"] == r["planned"] for r in res.status)
 

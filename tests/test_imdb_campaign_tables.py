@@ -18,8 +18,10 @@ runner = CliRunner()
 
 
 def _record(root, cell, seed, *, p=1.1, size=3, best=0.83, above=(100, 200, 300), authors=(0.5, 0.25), epochs=3,
-            optimizer="md"):
-    """A complete record with chosen numbers (the layout write_record leaves)."""
+            optimizer="md", group=None, maps=True):
+    """A complete record with chosen numbers (the layout write_record leaves; ``group=None``: a
+    record written before records named their plan block; ``maps=False``: one written before
+    records kept the authors' probes' whole maps)."""
     rd = RunDir(root / "records" / cell / f"seed{seed}-init0")
     cfg = {"experiment": "imdb-train", "dataset": "imdb", "protocol": "paper", "size": size, "optimizer": optimizer,
            "p": p, "lr": 1e-3, "seed": seed, "init_seed": 0, "max_len": 512}
@@ -35,12 +37,16 @@ def _record(root, cell, seed, *, p=1.1, size=3, best=0.83, above=(100, 200, 300)
                               "histograms": {t: hist for t in ("Q", "K", "V", "O", "MLP")},
                               "pruning": [{"level": 0.0, "accuracy": best}, {"level": 0.5, "accuracy": best - 0.1}]})
     e5 = {name: {"n": len(scores), "mean_score": float(np.mean(scores)), "top_hits": 1,
-                 "probes": [{"index": i, "score": s, "rank": 1} for i, s in enumerate(scores)]}
+                 "probes": [{"index": i, "score": s, "rank": 1}
+                            | ({"tokens": ["the", "film", f"w{i}"], "map": [0.0, 1.0 - s, s], "marked": [2]}
+                               if name == "authors" and maps else {}) for i, s in enumerate(scores)]}
           for name, scores in (("ours", authors), ("authors", authors))}
     rd.write_json("e5.json", e5)
     rd.write_summary({"epochs": epochs, "paper_best_test_acc": best, "honest_test_acc": None, "last_test_acc": best,
                       "lr": 1e-3, "seed": seed, "init_seed": 0,
-                      "record": {"trial": f"k{cell}{seed}", "cell": cell, "files": list(RECORD_FILES)}})
+                      "best_val_acc": best,
+                      "record": {"trial": f"k{cell}{seed}", "cell": cell, "files": list(RECORD_FILES)}
+                      | ({"group": group} if group else {})})
     return rd.path
 
 
@@ -98,7 +104,7 @@ def test_table_command_aggregates_a_results_folder_and_writes_tables_and_figures
     assert "E3 — test accuracy" in res.stdout and "E4 — weight sparsity" in res.stdout and "E5" in res.stdout
     names = {p.name for p in (records / "tables").iterdir()}
     assert {"tables.md", "e3.csv", "e4.csv", "e5.csv", "e5_pairs.csv", "learning_curves.png",
-            "weight_histograms.png"} <= names
+            "weight_histograms.png", "e5_heatmaps.png"} <= names
     assert (tmp_path / "t.md").read_text().startswith("## E3")
     assert len(find_records(records)) == 7  # the unfinished (hidden, temporary) folder is not a record
 
@@ -229,7 +235,7 @@ def test_verdicts_test_the_two_cells_samples_with_welch_and_holm(records):
     750, equal E5 means; each verdict from Welch's test between the cells, Holm across the table."""
     from scipy import stats as sps
 
-    from attnopt.experiments.imdb.aggregate import claims
+    from attnopt.experiments.imdb.verdicts import claims
 
     rows = {r["claim"]: r for r in claims(aggregate(records).cells) if r["size"] == 3}
     acc = rows["ℓ1.1 more accurate than ℓ2"]
@@ -245,3 +251,48 @@ def test_verdicts_test_the_two_cells_samples_with_welch_and_holm(records):
     assert "ℓ1.1 more accurate than ℓ3" not in rows  # the size-6 ℓ3 cell is another table
     text = aggregate(records).markdown()
     assert "## Verdicts" in text and "| holds |" in text
+
+
+def test_sweep_records_get_their_own_table_and_never_a_verdict(records):
+    """A sweep trial (one seed, a short cap) of ℓ1.1 far better than the cell must change no
+    E3–E5 row and no verdict; it shows in the sweep table only."""
+    before = aggregate(records)
+    _record(records, "sw-p1.1-lr0.01", 0, best=0.99, group="sweep")
+    _record(records, "sw-p2-lr0.01", 0, p=2.0, best=0.51, group="sweep")
+    agg = aggregate(records)
+    assert [r["cell"] for r in agg.e3] == [r["cell"] for r in before.e3]
+    assert list(agg.sweeps) == ["sw-p1.1-lr0.01", "sw-p2-lr0.01"] and "sw-p1.1-lr0.01" not in agg.cells
+    from attnopt.experiments.imdb.verdicts import claims
+
+    assert [(r["a"], r["b"], r["verdict"]) for r in claims(agg.cells)] == \
+        [(r["a"], r["b"], r["verdict"]) for r in claims(before.cells)]
+    text = agg.markdown()
+    assert "## Learning-rate sweep" in text and "| sw-p1.1-lr0.01 | imdb | paper | 3 | MD p=1.1 | 0.001 | 1 | 3.0 | 99.00 |" in text
+    assert "| sw-p1.1-lr0.01 | imdb | paper | 3 | MD p=1.1 | 0.001 | 1 | 83.40" not in text.split("## Learning")[0]
+    # sweep records alone: no cell tables, no figures
+    only = records.parent / "only"
+    _record(only, "sw-p1.1-lr0.01", 0, group="sweep")
+    alone = aggregate(only)
+    assert not alone.cells and "no cell recorded yet" in alone.markdown()
+
+
+def test_the_cell_with_most_trials_speaks_for_its_optimizer_and_is_named(records):
+    """A second, one-trial ℓ2 cell in the same table does not replace the three-trial one."""
+    from attnopt.experiments.imdb.verdicts import claims
+
+    _record(records, "zz-extra-p2", 0, p=2.0, best=0.90)
+    rows = {r["claim"]: r for r in claims(aggregate(records).cells) if r["size"] == 3}
+    assert rows["ℓ1.1 more accurate than ℓ2"]["b"] == "paper-s3-p2"
+    assert "| paper-s3-p1.1: 83.48 ± 0.08 (n=3) | paper-s3-p2: 80.10 ± 0.10 (n=3) |" in aggregate(records).markdown()
+
+
+def test_e5_heat_map_data_is_the_mean_map_over_a_cells_trials(records):
+    from attnopt.experiments.imdb.aggregate import mean_probe_maps
+
+    _record(records, "old-p3", 0, p=3.0, maps=False)  # an older record: no maps, left out of the figure
+    probes, maps = mean_probe_maps(aggregate(records), size=3)
+    assert [p["index"] for p in probes] == [0, 1] and probes[0]["tokens"] == ["the", "film", "w0"]
+    assert list(maps) == ["MD p=1.1 (paper-s3-p1.1, n=3)", "MD p=2 (paper-s3-p2, n=3)"]
+    assert maps["MD p=1.1 (paper-s3-p1.1, n=3)"][0] == pytest.approx([0.0, 0.4, 0.6])
+    assert maps["MD p=2 (paper-s3-p2, n=3)"][1] == pytest.approx([0.0, 0.7, 0.3])
+    assert list(mean_probe_maps(aggregate(records))[1]) == ["MD p=3 (paper-s6-p3, n=1)"]  # default: the largest size

@@ -7,7 +7,9 @@ Every function takes plain arrays (no experiment objects) and returns a ``Figure
 * :func:`pruning_figure` — E4: accuracy against the fraction of each block matrix pruned;
 * :func:`heatmap_figure` — E5: tokens shaded by their normalised [CLS] attention, one panel per run;
 * :func:`band_curves_figure` — campaign: mean accuracy per epoch with a ±1 std band, per cell;
-* :func:`binned_histograms_figure` — campaign: mean fraction of |w| per (log) bin, per cell.
+* :func:`binned_histograms_figure` — campaign: mean fraction of |w| per (log) bin, per cell;
+* :func:`probe_maps_figure` — campaign E5: one row per cell, the probes' word pieces shaded by
+  their mean normalised attention, the marked word underlined.
 """
 
 from __future__ import annotations
@@ -143,5 +145,39 @@ def binned_histograms_figure(edges: np.ndarray, cells: Mapping[str, Mapping[str,
     return fig
 
 
+def probe_maps_figure(probes: Sequence[Mapping], maps: Mapping[str, Sequence[np.ndarray]]):
+    """``probes``: per probe its ``tokens`` and ``marked`` positions; ``maps``: per row label
+    (a cell), one score array in [0, 1] per probe.  One heat-map row per cell, the probes side by
+    side (a blank column between two), each piece written in its cell, the marked ones in bold."""
+    cols, labels, bold = [], [], []
+    for k, p in enumerate(probes):
+        if k:
+            cols.append(None)
+            labels.append("")
+            bold.append(False)
+        cols += [(k, j) for j in range(len(p["tokens"]))]
+        labels += list(p["tokens"])
+        bold += [j in p["marked"] for j in range(len(p["tokens"]))]
+    rows = list(maps)
+    grid = np.full((len(rows), len(cols)), np.nan)
+    for r, name in enumerate(rows):
+        for c, kj in enumerate(cols):
+            if kj is not None:
+                grid[r, c] = maps[name][kj[0]][kj[1]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.62 * len(cols) + 2.5), 0.5 * len(rows) + 1.2))
+    ax.imshow(np.ma.masked_invalid(grid), cmap=HEATMAP_CMAP, vmin=-0.05, vmax=1.05, aspect="auto")
+    for r in range(len(rows)):
+        for c, text in enumerate(labels):
+            if cols[c] is not None:
+                ax.text(c, r, text, ha="center", va="center", fontsize=7, fontweight="bold" if bold[c] else "normal",
+                        color="white" if grid[r, c] > 0.6 else "black")
+    ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    ax.set_xticks([])
+    ax.set_title("E5: last-layer [CLS] attention, min–max over the sentence (mean over seeds); marked word in bold",
+                 fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
 __all__ = ["epoch_curves_figure", "weight_histograms_figure", "pruning_figure", "heatmap_figure", "band_curves_figure",
-           "binned_histograms_figure", "HEATMAP_CMAP"]
+           "binned_histograms_figure", "probe_maps_figure", "HEATMAP_CMAP"]

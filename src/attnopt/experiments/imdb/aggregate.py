@@ -11,6 +11,10 @@
 * **E5** — per probe set: the mean normalised score of the marked token (mean ± std over
   trials) and the top hits; and, for ℓ1.1 against ℓ2 cells of the same dataset, protocol and
   size, trials paired by (seed, initialisation): on how many probes ℓ1.1 scores higher.
+* **Verdicts** — the paper's claims between two cells (:mod:`.verdicts`).
+
+Records of a learning-rate sweep (``[[sweep]]`` blocks: one seed per rate, a short epoch cap)
+are not cells: they get a table of their own and never enter E3–E5 or a verdict.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from attnopt.experiments.imdb.config import PAPER_E3
-from attnopt.experiments.imdb.records import PROBE_SETS, find_records, read_record
+from attnopt.experiments.imdb.records import PROBE_SETS, find_records, read_record, record_group
 from attnopt.experiments.imdb.sparsity import PAPER_E4, PAPER_THRESHOLD
-from attnopt.report.stats import holm, t_interval, verdict, welch
+from attnopt.experiments.imdb.verdicts import claims, format_verdicts
+from attnopt.report.stats import t_interval
 from attnopt.report.tables import fmt, markdown_table, sample_stats
 
 E5_PAPER = {"MD p=1.1": 0.439, "MD p=2": 0.312}  # authors' probes, one size-6 model each
+#: the authors' probes drawn in the E5 heat map: the first four (positive, negative, negative, positive)
+E5_MAP_PROBES = (0, 1, 2, 3)
 
 
 @dataclass
@@ -39,10 +46,12 @@ class Aggregate:
     e5_pairs: list[dict]
     cells: dict[str, list[dict]]   # cell -> its records (read_record)
     duplicates: list[str] = field(default_factory=list)   # records of a trial met before (counted once)
+    sweeps: dict[str, list[dict]] = field(default_factory=dict)   # sweep cell -> its records
 
     def markdown(self) -> str:
-        return "\n\n".join([format_e3(self.e3), format_e4(self.e4), format_e5(self.e5, self.e5_pairs),
-                            format_verdicts(claims(self.cells))])
+        parts = [format_e3(self.e3), format_e4(self.e4), format_e5(self.e5, self.e5_pairs),
+                 format_verdicts(claims(self.cells))] if self.cells else ["## Cells\n\nno cell recorded yet"]
+        return "\n\n".join(parts + ([format_sweeps(self.sweeps)] if self.sweeps else []))
 
 
 def mean_std(vals) -> tuple[float, float]:
@@ -67,6 +76,7 @@ def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
     E3, E4 and E5 rows.  The tables depend on the records alone."""
     roots = [results] if isinstance(results, (str, Path)) else list(results)
     cells: dict[str, list[dict]] = {}
+    sweeps: dict[str, list[dict]] = {}
     seen: dict[str, Path] = {}
     duplicates = []
     for path in (p for root in roots for p in find_records(Path(root))):
@@ -76,8 +86,9 @@ def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
             duplicates.append(f"{path} (same trial as {seen[trial]})")
             continue
         seen[trial] = path
-        cells.setdefault(rec["summary"]["record"]["cell"], []).append(rec)
-    for recs in cells.values():  # the same order whichever folders the records came from
+        into = sweeps if record_group(rec["summary"]) == "sweep" else cells
+        into.setdefault(rec["summary"]["record"]["cell"], []).append(rec)
+    for recs in (*cells.values(), *sweeps.values()):  # the same order whichever folders the records came from
         recs.sort(key=lambda r: r["path"].name)
     order = sorted(cells, key=lambda k: (_cell_info(cells[k])["dataset"], _cell_info(cells[k])["protocol"],
                                          _cell_info(cells[k])["size"], k))
@@ -113,7 +124,7 @@ def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
             m, s = mean_std([r["e5"][ps]["mean_score"] for r in recs])
             e5.append(info | {"probes": ps, "n_probes": recs[0]["e5"][ps]["n"], "score_mean": m, "score_std": s,
                               "top_mean": mean_std([float(r["e5"][ps]["top_hits"]) for r in recs])[0]})
-    return Aggregate(e3, e4, e5, _pairs(cells), cells, duplicates)
+    return Aggregate(e3, e4, e5, _pairs(cells), cells, duplicates, dict(sorted(sweeps.items())))
 
 
 def _pairs(cells: dict[str, list[dict]]) -> list[dict]:
@@ -150,99 +161,21 @@ def _pairs(cells: dict[str, list[dict]]) -> list[dict]:
     return out
 
 
-def _kind(recs: list[dict]) -> str:
-    c = recs[0]["config"]
-    return f"md{round(float(c['p']), 6):g}" if c["optimizer"] == "md" else c["optimizer"]
-
-
-def _accuracy(recs: list[dict]) -> tuple[str, list]:
-    """The honest test accuracy (%) of each trial, or the paper's best-over-epochs where the
-    protocol has no honest number."""
-    honest = [r["summary"].get("honest_test_acc") for r in recs]
-    if any(h is not None for h in honest):
-        return "honest test acc (%)", [None if h is None else 100 * h for h in honest]
-    return "best test acc over epochs (%)", [100 * r["summary"]["paper_best_test_acc"] for r in recs]
-
-
-def _qkv_above(recs: list[dict]) -> list[float]:
-    return [float(sum(r["e4"]["stats"][t]["above_threshold"] for t in "QKV")) for r in recs]
-
-
-def claims(cells: dict[str, list[dict]]) -> list[dict]:
-    """The paper's claims that the cells can test, per (dataset, protocol, size): ℓ1.1 more
-    accurate than ℓ2, ℓ3 and each baseline; ℓ1.1 sparser than ℓ2 (fewer Q/K/V entries above the
-    paper's threshold: the paper's direction); ℓ1.1 gives the marked sentiment token a higher
-    E5 score than ℓ2 (each probe set).  Welch's test between the two cells' trials, Holm's
-    correction across the claims of one (dataset, protocol, size) table."""
-    groups: dict[tuple, dict[str, tuple[str, list[dict]]]] = {}
-    for name, recs in cells.items():
-        info = _cell_info(recs)
-        groups.setdefault((info["dataset"], info["protocol"], info["size"]), {})[_kind(recs)] = (name, recs)
-    out = []
-    for (dataset, protocol, size), kinds in groups.items():
-        rows = []
-        if "md1.1" not in kinds:
-            continue
-        a_name, a = kinds["md1.1"]
-        for other, label in (("md2", "ℓ2"), ("md3", "ℓ3"), ("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD-m")):
-            if other in kinds:
-                b_name, b = kinds[other]
-                metric, va = _accuracy(a)
-                rows.append({"claim": f"ℓ1.1 more accurate than {label}", "metric": metric, "a": a_name,
-                             "b": b_name, "va": va, "vb": _accuracy(b)[1], "higher": True,
-                             "paper": _paper_gap(dataset, size, other)})
-        if "md2" in kinds:
-            b_name, b = kinds["md2"]
-            rows.append({"claim": "ℓ1.1 sparser than ℓ2", "metric": f"Q+K+V entries > {PAPER_THRESHOLD:g}",
-                         "a": a_name, "b": b_name, "va": _qkv_above(a), "vb": _qkv_above(b), "higher": False,
-                         "paper": f"{sum(v[0] - v[1] for v in PAPER_E4.values()):+,} (size 6, 1 model each)"})
-            for ps in PROBE_SETS:
-                rows.append({"claim": f"ℓ1.1 selects sentiment tokens more sharply than ℓ2 ({ps} probes)",
-                             "metric": "E5 mean normalised score", "a": a_name, "b": b_name,
-                             "va": [r["e5"][ps]["mean_score"] for r in a], "vb": [r["e5"][ps]["mean_score"] for r in b],
-                             "higher": True, "paper": "0.439 vs 0.312 (size 6, 1 model each)"})
-        tests = [welch(r["va"], r["vb"]) for r in rows]
-        adjusted = holm([t.p for t in tests])
-        for r, t, padj in zip(rows, tests, adjusted):
-            out.append({k: v for k, v in r.items() if k not in ("va", "vb")} | {
-                "dataset": dataset, "protocol": protocol, "size": size, "test": t, "p_holm": padj,
-                "mean_a": sample_stats(r["va"]), "mean_b": sample_stats(r["vb"]),
-                "verdict": verdict(t, padj, r["higher"])})
-    return out
-
-
-def _paper_gap(dataset: str, size: int, other: str) -> str:
-    if dataset != "imdb" or not other.startswith("md"):
-        return "–"
-    a, b = PAPER_E3.get((1.1, size)), PAPER_E3.get((float(other[2:]), size))
-    return "–" if a is None or b is None else f"{a[0] - b[0]:+.2f} (best test, 10 seeds)"
-
-
-def format_verdicts(rows: list[dict]) -> str:
-    def ms(x):
-        m, sd, n = x
-        return f"{fmt(m, sd, 2)} (n={n})"
-
-    def num(x, d=3):
-        return "–" if x is None or not math.isfinite(x) else f"{x:.{d}g}"
-
+def format_sweeps(sweeps: dict[str, list[dict]]) -> str:
+    """One row per learning-rate sweep cell: its rate, trials, epochs and best validation
+    accuracy (what picks the cells' rate), and the honest test accuracy beside it."""
     body = []
-    for r in rows:
-        t = r["test"]
-        ci = "–" if not math.isfinite(t.ci_lo) else f"{t.diff:+.3g} [{t.ci_lo:+.3g}, {t.ci_hi:+.3g}]"
-        dropped = t.dropped_a + t.dropped_b
-        body.append([f"{r['dataset']} {r['protocol']} size {r['size']}", r["claim"], r["metric"], ms(r["mean_a"]),
-                     ms(r["mean_b"]), ci, num(t.p), num(r["p_holm"]), r["verdict"], r["paper"],
-                     str(dropped) if dropped else ""])
-    return "\n".join([
-        "## Verdicts — the paper's claims, tested between our cells", "",
-        markdown_table(["table", "claim", "metric", "ℓ1.1 cell", "other cell", "difference [95 % CI]", "Welch p",
-                        "Holm p", "verdict", "paper (context)", "missing"], body) if body else "no testable claim yet",
-        "", "Welch's two-sample t-test between the two cells' trials (unequal variances, Welch–Satterthwaite degrees "
-        "of freedom), Holm's correction across the claims of one (dataset, protocol, size) table, α = 0.05. holds: "
-        "significant in the claimed direction; fails: significant the other way; inconclusive: not significant; "
-        "–: fewer than two finite values in a cell. Missing or non-finite values are dropped and counted in the last "
-        "column. The paper's numbers are context measured at its scale, never the reference of a test."])
+    for name, recs in sweeps.items():
+        info, sums = _cell_info(recs), [r["summary"] for r in recs]
+        pct = lambda k: [None if s.get(k) is None else 100 * s[k] for s in sums]  # noqa: E731
+        body.append([name, info["dataset"], info["protocol"], info["size"], info["optimizer"], f"{info['lr']:g}",
+                     info["n"], fmt(*mean_std([float(s["epochs"]) for s in sums]), 1),
+                     fmt(*mean_std(pct("best_val_acc")), 2), fmt(*mean_std(pct("honest_test_acc")), 2)])
+    return "\n".join(["## Learning-rate sweep", "", markdown_table(
+        ["sweep cell", "dataset", "protocol", "size", "optimizer", "lr", "n", "epochs", "best validation acc (%)",
+         "honest test acc (%)"], body), "",
+        "Trials of the plan's [[sweep]] blocks: they pick each cell's rate by best validation accuracy and are not "
+        "cells themselves (no row in E3–E5, no verdict)."])
 
 
 def _ref(ref) -> str:
@@ -335,14 +268,37 @@ def mean_histograms(agg: Aggregate, size: int | None = None) -> tuple[np.ndarray
     return edges, out
 
 
+def mean_probe_maps(agg: Aggregate, probes: Sequence[int] = E5_MAP_PROBES, size: int | None = None
+                    ) -> tuple[list[dict], dict[str, list[np.ndarray]]]:
+    """The E5 heat map's data, for the cells of ``size`` (default: the largest recorded) whose
+    records kept whole maps (records written before they did are left out): the authors' probes
+    among ``probes`` that every such record holds, each with its word pieces and marked
+    positions, and per cell the normalised map of each, mean over the cell's trials."""
+    sizes = [_cell_info(r)["size"] for r in agg.cells.values()]
+    size = size if size is not None else (max(sizes) if sizes else None)
+    per_cell = {}
+    for name, recs in agg.cells.items():
+        per = [{p["index"]: p for p in r["e5"]["authors"]["probes"] if "map" in p} for r in recs]
+        if _cell_info(recs)["size"] == size and all(per):
+            per_cell[f"{_cell_info(recs)['optimizer']} ({name}, n={len(recs)})"] = per
+    keep = [i for i in probes if all(i in d for per in per_cell.values() for d in per)]
+    if not per_cell or not keep:
+        return [], {}
+    first = next(iter(per_cell.values()))[0]
+    return ([{"index": i, "tokens": first[i]["tokens"], "marked": first[i]["marked"]} for i in keep],
+            {label: [np.mean([np.asarray(d[i]["map"], float) for d in per], axis=0) for i in keep]
+             for label, per in per_cell.items()})
+
+
 def e3_csv_rows(agg: Aggregate) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "paper"} | {"paper": r["paper"] and list(r["paper"])} for r in agg.e3]
 
 
 def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
-    """tables.md, e3/e4/e5/e5_pairs.csv, learning_curves.png and weight_histograms.png in ``folder``."""
+    """tables.md, e3/e4/e5/e5_pairs.csv, learning_curves.png, weight_histograms.png and
+    e5_heatmaps.png in ``folder``."""
     from attnopt.experiments.imdb.records import MATRIX_TYPES
-    from attnopt.report.imdb_figures import band_curves_figure, binned_histograms_figure
+    from attnopt.report.imdb_figures import band_curves_figure, binned_histograms_figure, probe_maps_figure
     from attnopt.report.runs import RunDir
 
     rd = RunDir(folder)
@@ -359,8 +315,11 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
         edges, hists = mean_histograms(agg)
         paths.append(rd.save_figure("weight_histograms.png",
                                     binned_histograms_figure(edges, hists, MATRIX_TYPES, PAPER_THRESHOLD)))
+        probes, maps = mean_probe_maps(agg)
+        if maps:
+            paths.append(rd.save_figure("e5_heatmaps.png", probe_maps_figure(probes, maps)))
     return paths
 
 
-__all__ = ["Aggregate", "aggregate", "claims", "format_verdicts", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
-           "mean_histograms", "E5_PAPER"]
+__all__ = ["Aggregate", "aggregate", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
+           "mean_histograms", "mean_probe_maps", "E5_PAPER", "E5_MAP_PROBES"]

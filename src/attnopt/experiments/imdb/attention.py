@@ -88,7 +88,9 @@ def score_probe(model: EncoderClassifier, reviews: Sequence[ProbeReview] | None 
     With a = the head-averaged last-layer [CLS] attention, the score is
     ``(a_w − min a) / (max a − min a)`` where the min and max run over every token
     (``over="all"``) or, as in the authors' notebook, over the tokens without [CLS] and [SEP]
-    (``over="content"``); a word split into pieces scores the maximum over its pieces."""
+    (``over="content"``); a word split into pieces scores the maximum over its pieces.  Each row
+    also holds the map itself over the tokens without [CLS]/[SEP]: ``tokens``, ``map`` (the
+    normalised attention) and ``marked`` (positions of the marked word's pieces in them)."""
     if over not in ("all", "content"):
         raise ValueError(f"score_probe: over must be 'all' or 'content', got {over!r}")
     tok = tokenizer if tokenizer is not None else load_tokenizer(data_root)
@@ -108,7 +110,9 @@ def score_probe(model: EncoderClassifier, reviews: Sequence[ProbeReview] | None 
         word_score = float(max(att[j] for j in marked))
         rank = 1 + sum(1 for j in content if j not in marked and att[j] > word_score)
         rows.append({"index": i, "label": r.label, "word": r.word, "text": r.text, "score": word_score,
-                     "rank": rank, "top": rank == 1, "n_tokens": len(content)})
+                     "rank": rank, "top": rank == 1, "n_tokens": len(content),
+                     "tokens": [tokens[j] for j in content], "map": [float(att[j]) for j in content],
+                     "marked": [content.index(j) for j in marked]})
     return rows
 
 

@@ -343,8 +343,8 @@ def _train_group(ens: EnsembleConfig, trials: list[Trial], folder: Path, deadlin
                 res.notes.append(f"{label}: its claim was taken over by another worker while it trained")
             model, _ = load_model(member.out, device)
             try:
-                dest = write_record(member.out, t.record_path(results), model=model, cell=t.cell, key=t.key,
-                                    eval_split=split, levels=plan.campaign["prune_levels"], tokenizer=tok,
+                dest = write_record(member.out, t.record_path(results), model=model, cell=t.cell, group=t.group,
+                                    key=t.key, eval_split=split, levels=plan.campaign["prune_levels"], tokenizer=tok,
                                     split_name=split_name, data_root=data_root)
             except RecordExists as exc:
                 res.notes.append(f"{label}: {exc}")

@@ -56,6 +56,7 @@ class Trial:
 
     config: TrainConfig
     cell: str
+    group: str = "cell"      # the plan block: "cell" or "sweep"
 
     @property
     def name(self) -> str:
@@ -181,7 +182,7 @@ def _trials(cell: Cell, lr: float | None) -> list[Trial]:
             cfg = cfg.replace(lr=cfg.resolved_lr(), init_seed=cfg.resolved_init_seed())
         except ConfigError as exc:
             raise _fail(cell.name, str(exc)) from None
-        out.append(Trial(cfg, cell.name))
+        out.append(Trial(cfg, cell.name, cell.group))
     return out
 
 

@@ -10,8 +10,10 @@
   max |w|, fraction near zero, Hoyer sparsity, a histogram of |w| on fixed log-spaced bins
   (:data:`HIST_EDGES`, so records add up), and the accuracy after magnitude pruning;
 * ``e5.json`` — per probe set (ours, the authors'), per probe the normalised [CLS] attention
-  score of the marked token (min–max over the tokens without [CLS]/[SEP], as the authors);
-* ``summary.json`` — the run's summary plus ``"record"`` (trial key, cell), written last with
+  score of the marked token (min–max over the tokens without [CLS]/[SEP], as the authors), and
+  for the authors' sentences the whole map (word pieces and their scores);
+* ``summary.json`` — the run's summary plus ``"record"`` (trial key, cell, plan group: "cell" or
+  "sweep"), written last with
   ``"complete": true``.
 
 No checkpoint.  The record is assembled in a temporary folder beside its place (named by host,
@@ -47,6 +49,10 @@ from attnopt.report.runs import RunDir
 HIST_EDGES = np.concatenate([[0.0], np.logspace(-5, 1, 61)])
 RECORD_FILES = ("config.json", "history.csv", "report.md", "e4.json", "e5.json", "summary.json")
 PROBE_SETS = ("ours", "authors")
+#: the probe sets whose whole maps a record keeps (the authors' sentences: about 15 pieces each)
+MAP_SETS = ("authors",)
+#: the plan block a record's trial came from (records written before the field existed: "cell")
+GROUPS = ("cell", "sweep")
 
 
 class RecordExists(RunFolderError):
@@ -73,7 +79,9 @@ def e4_stats(model, split: DeviceSplit | None, levels, split_name: str = "test",
 
 
 def e5_scores(model, max_len: int, tokenizer, data_root=None) -> dict:
-    """Per probe set, per probe: the marked token's normalised score and its rank."""
+    """Per probe set, per probe: the marked token's normalised score and its rank; for the sets
+    in :data:`MAP_SETS` (the authors' short sentences) also the whole map (word pieces, their
+    normalised scores to 3 decimals, the marked pieces), from which the E5 heat maps are drawn."""
     ours = probe_reviews()
     usable, excluded = authors_probes(tokenizer, data_root)
     out = {}
@@ -83,6 +91,8 @@ def e5_scores(model, max_len: int, tokenizer, data_root=None) -> dict:
         out[name] = {"n": len(rows), "mean_score": float(np.mean([r["score"] for r in rows])),
                      "top_hits": int(sum(r["top"] for r in rows)),
                      "probes": [{"index": i, "score": round(r["score"], 6), "rank": r["rank"]}
+                                | ({"tokens": r["tokens"], "map": [round(v, 3) for v in r["map"]],
+                                    "marked": r["marked"]} if name in MAP_SETS else {})
                                 for i, r in zip(idx, rows)]}
     out["authors"]["excluded"] = [{"index": i, "reason": why} for i, why in excluded]
     out["normalisation"] = "min-max over the tokens without [CLS]/[SEP] (the authors' definition)"
@@ -110,8 +120,11 @@ def _short(v: str) -> str:
 
 
 def write_record(run: Path, dest: Path, *, model, cell: str, key: str, eval_split: DeviceSplit | None,
-                 levels, tokenizer, split_name: str = "test", data_root=None) -> Path:
-    """Assemble the record of the finished run folder ``run`` at ``dest`` (atomically)."""
+                 levels, tokenizer, split_name: str = "test", data_root=None, group: str = "cell") -> Path:
+    """Assemble the record of the finished run folder ``run`` at ``dest`` (atomically); ``group``
+    says whether the plan asked for the trial in a ``[[cell]]`` or a ``[[sweep]]`` block."""
+    if group not in GROUPS:
+        raise ValueError(f"write_record: group must be one of {GROUPS}, got {group!r}")
     dest = Path(dest)
     if dest.exists():
         raise RecordExists(f"{dest} exists already; a record is never overwritten (delete it to redo the trial)")
@@ -126,7 +139,7 @@ def write_record(run: Path, dest: Path, *, model, cell: str, key: str, eval_spli
         rd.write_json("e4.json", e4_stats(model, eval_split, levels, split_name))
         rd.write_json("e5.json", e5_scores(model, int(cfg_json["config"].get("max_len", 512)), tokenizer, data_root))
     summary = {k: v for k, v in summary.items() if k != "complete"}
-    rd.write_summary(summary | {"record": {"trial": key, "cell": cell, "files": list(RECORD_FILES)}}, complete=True)
+    rd.write_summary(summary | {"record": {"trial": key, "cell": cell, "group": group, "files": list(RECORD_FILES)}}, complete=True)
     try:
         os.rename(tmp, dest)  # a non-empty dest (another worker's record) makes this fail: never replaced
     except OSError as exc:
@@ -175,5 +188,10 @@ def record_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
+def record_group(summary: dict) -> str:
+    """"cell" or "sweep": the plan block the record's trial came from (older records: "cell")."""
+    return summary.get("record", {}).get("group", "cell")
+
+
 __all__ = ["write_record", "RecordExists", "record_complete", "find_records", "read_record", "record_size", "weight_histograms",
-           "e4_stats", "e5_scores", "HIST_EDGES", "RECORD_FILES", "PROBE_SETS", "MATRIX_TYPES"]
+           "e4_stats", "e5_scores", "record_group", "HIST_EDGES", "GROUPS", "MAP_SETS", "RECORD_FILES", "PROBE_SETS", "MATRIX_TYPES"]

@@ -1,16 +1,21 @@
-"""The CPU-scale IMDB campaign (issue 24): the learning-rate sweep's records under
-``results/imdb-cpu/records`` as one table of docs/imdb_results.md (validation accuracy per
-epoch, the honest number, time), so the page shows every recorded sweep trial and nothing else."""
+"""The CPU-scale IMDB campaign (issue 24) in docs/imdb_results.md, from the records under
+``results/imdb-cpu/records``: the learning-rate sweep (validation accuracy per epoch, the honest
+number, time: every recorded sweep trial and nothing else) and the cells' E3, E4, E5 and verdict
+tables exactly as ``attnopt imdb table results/imdb-cpu`` prints them."""
 
 from __future__ import annotations
 
 import csv
 import io
+from typing import Callable
 
+from attnopt.experiments.imdb.aggregate import Aggregate, aggregate, format_e3, format_e4, format_e5
+from attnopt.experiments.imdb import verdicts
 from attnopt.report.docs_tables.records import Records
 from attnopt.report.tables import markdown_table
 
 RECORDS = "results/imdb-cpu/records"
+RESULTS = "results/imdb-cpu"
 
 
 def _summaries(rec: Records) -> list[tuple[str, dict]]:
@@ -46,4 +51,19 @@ def sweep(rec: Records) -> str:
                            "ensemble members: minutes"], rows)
 
 
-TABLES = {"imdb_cpu.sweep": sweep}
+def _cells(section: Callable[[Aggregate], str]) -> Callable[[Records], str]:
+    """A generator of one section of the cells' tables, without its heading."""
+    def table(rec: Records) -> str:
+        agg = rec.memo("imdb_cpu.aggregate", lambda: aggregate(rec.root / RESULTS))
+        if not agg.cells:
+            return "(no cell recorded yet)"
+        lines = section(agg).split("\n")
+        return "\n".join(lines[2:] if lines[0].startswith("## ") else lines)
+    return table
+
+
+TABLES = {"imdb_cpu.sweep": sweep,
+          "imdb_cpu.e3": _cells(lambda agg: format_e3(agg.e3)),
+          "imdb_cpu.e4": _cells(lambda agg: format_e4(agg.e4)),
+          "imdb_cpu.e5": _cells(lambda agg: format_e5(agg.e5, agg.e5_pairs)),
+          "imdb_cpu.verdicts": _cells(lambda agg: verdicts.format_verdicts(verdicts.claims(agg.cells)))}

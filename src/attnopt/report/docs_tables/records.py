@@ -37,6 +37,12 @@ class Records:
                 raise RecordsError(f"cannot read record {rel}: {exc}") from None
         return self._cache[rel]
 
+    def memo(self, key: str, make):
+        """``make()``, computed once per key (e.g. an aggregate several tables are cut from)."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
     def text(self, rel: str) -> str:
         try:
             return (self.root / rel).read_text(encoding="utf-8")
