@@ -2,6 +2,7 @@
 numbers), the t-interval check, and the `imdb campaign` / `imdb table` commands' wiring."""
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -296,3 +297,13 @@ def test_e5_heat_map_data_is_the_mean_map_over_a_cells_trials(records):
     assert maps["MD p=1.1 (paper-s3-p1.1, n=3)"][0] == pytest.approx([0.0, 0.4, 0.6])
     assert maps["MD p=2 (paper-s3-p2, n=3)"][1] == pytest.approx([0.0, 0.7, 0.3])
     assert list(mean_probe_maps(aggregate(records))[1]) == ["MD p=3 (paper-s6-p3, n=1)"]  # default: the largest size
+
+
+def test_writing_the_tables_again_removes_what_the_records_no_longer_give(records, tmp_path):
+    from attnopt.experiments.imdb.aggregate import write_tables
+
+    folder = tmp_path / "tables"
+    assert "e5_pairs.csv" in {p.name for p in write_tables(aggregate(records), folder)}
+    shutil.rmtree(records / "records" / "paper-s3-p2")  # no ℓ2 cell: no ℓ1.1-ℓ2 pairs
+    names = {p.name for p in write_tables(aggregate(records), folder)}
+    assert "e5_pairs.csv" not in names and sorted(p.name for p in folder.iterdir()) == sorted(names)

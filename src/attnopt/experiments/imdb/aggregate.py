@@ -294,9 +294,14 @@ def e3_csv_rows(agg: Aggregate) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "paper"} | {"paper": r["paper"] and list(r["paper"])} for r in agg.e3]
 
 
+#: what :func:`write_tables` may write (the files the records give no data for are removed)
+TABLE_FILES = ("tables.md", "e3.csv", "e4.csv", "e5.csv", "e5_pairs.csv", "learning_curves.png",
+               "weight_histograms.png", "e5_heatmaps.png")
+
+
 def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
-    """tables.md, e3/e4/e5/e5_pairs.csv, learning_curves.png, weight_histograms.png and
-    e5_heatmaps.png in ``folder``."""
+    """The files of :data:`TABLE_FILES` in ``folder`` that the records give data for; one left
+    there by an earlier call that they no longer give data for is removed."""
     from attnopt.experiments.imdb.records import MATRIX_TYPES
     from attnopt.report.imdb_figures import band_curves_figure, binned_histograms_figure, probe_maps_figure
     from attnopt.report.runs import RunDir
@@ -318,8 +323,10 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
         probes, maps = mean_probe_maps(agg)
         if maps:
             paths.append(rd.save_figure("e5_heatmaps.png", probe_maps_figure(probes, maps)))
+    for stale in set(TABLE_FILES) - {p.name for p in paths}:  # from an earlier call with other records
+        (rd.path / stale).unlink(missing_ok=True)
     return paths
 
 
 __all__ = ["Aggregate", "aggregate", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
-           "mean_histograms", "mean_probe_maps", "E5_PAPER", "E5_MAP_PROBES"]
+           "mean_histograms", "mean_probe_maps", "E5_PAPER", "E5_MAP_PROBES", "TABLE_FILES"]
