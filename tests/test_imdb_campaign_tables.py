@@ -1,6 +1,7 @@
 """Issue 18: the aggregated E3/E4/E5 tables of campaign records (hand-made records with known
 numbers), the t-interval check, and the `imdb campaign` / `imdb table` commands' wiring."""
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -307,3 +308,18 @@ def test_writing_the_tables_again_removes_what_the_records_no_longer_give(record
     shutil.rmtree(records / "records" / "paper-s3-p2")  # no ℓ2 cell: no ℓ1.1-ℓ2 pairs
     names = {p.name for p in write_tables(aggregate(records), folder)}
     assert "e5_pairs.csv" not in names and sorted(p.name for p in folder.iterdir()) == sorted(names)
+
+
+def test_a_cell_at_another_scale_is_not_checked_against_the_papers_mean(records):
+    """A narrower model's interval says nothing about the paper's number: context only."""
+    _record(records, "small-p1.1", 0, best=0.58)
+    _record(records, "small-p1.1", 1, best=0.59)
+    for f in (records / "records" / "small-p1.1").glob("*/config.json"):
+        cfg = json.loads(f.read_text())
+        cfg["config"] |= {"n_embd": 96, "n_hidden": 384, "max_len": 128, "subset": 10000}
+        f.write_text(json.dumps(cfg))
+    agg = aggregate(records)
+    rows = {r["cell"]: r for r in agg.e3}
+    assert rows["small-p1.1"]["paper"][0] == 83.47 and rows["small-p1.1"]["paper_inside_ci"] is None
+    assert rows["paper-s3-p1.1"]["paper_inside_ci"] is True
+    assert "| 83.47 ± 0.09 [82.57], 72 | other scale |" in agg.markdown()

@@ -108,7 +108,9 @@ def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
         ref = PAPER_E3.get((round(float(c["p"]), 6), c["size"])) if c["optimizer"] == "md" and \
             c["dataset"] == "imdb" else None
         row["paper"] = ref
-        row["paper_inside_ci"] = None if ref is None or len(best) < 2 else bool(row["ci_lo"] <= ref[0] <= row["ci_hi"])
+        row["paper_scale"] = paper_scale(c)
+        row["paper_inside_ci"] = None if ref is None or len(best) < 2 or not row["paper_scale"] else \
+            bool(row["ci_lo"] <= ref[0] <= row["ci_hi"])
         e3.append(row)
         r4 = dict(info)
         for t in ("Q", "K", "V"):
@@ -178,17 +180,31 @@ def format_sweeps(sweeps: dict[str, list[dict]]) -> str:
         "cells themselves (no row in E3–E5, no verdict)."])
 
 
+#: the shape of the paper's IMDB models and data (TrainConfig's defaults): a cell of another
+#: shape is another experiment, and the paper's number stands beside it as context only
+PAPER_SHAPE = {"n_embd": 384, "n_hidden": 1536, "max_len": 512, "subset": None}
+
+
+def paper_scale(cfg: dict) -> bool:
+    """Whether a record's config has the paper's shape (width, MLP, tokens, all training reviews)."""
+    return all(cfg.get(k, v) == v for k, v in PAPER_SHAPE.items())
+
+
 def _ref(ref) -> str:
     return f"{ref[0]:.2f} ± {ref[1]:.2f} [{ref[2]:.2f}], {ref[3]}" if ref else "–"
 
 
 def format_e3(rows: list[dict]) -> str:
-    yes = {True: "yes", False: "no", None: "–"}
+    def inside(r) -> str:
+        if r["paper"] is not None and not r["paper_scale"]:
+            return "other scale"
+        return {True: "yes", False: "no", None: "–"}[r["paper_inside_ci"]]
+
     body = [[r["cell"], r["dataset"], r["protocol"], r["size"], r["optimizer"], f"{r['lr']:g}", r["n"],
              fmt(r["best_mean"], r["best_std"], 2),
              "–" if not math.isfinite(r["ci_lo"]) else f"[{r['ci_lo']:.2f}, {r['ci_hi']:.2f}]",
              fmt(r["honest_mean"], r["honest_std"], 2), fmt(r["last_mean"], r["last_std"], 2),
-             fmt(r["epochs_mean"], r["epochs_std"], 1), _ref(r["paper"]), yes[r["paper_inside_ci"]]] for r in rows]
+             fmt(r["epochs_mean"], r["epochs_std"], 1), _ref(r["paper"]), inside(r)] for r in rows]
     return "\n".join([
         "## E3 — test accuracy (%) per cell", "",
         markdown_table(["cell", "dataset", "protocol", "size", "optimizer", "lr", "n", "best test (paper's metric)",
@@ -196,7 +212,8 @@ def format_e3(rows: list[dict]) -> str:
                         "epochs", "paper's mean in our CI"], body), "",
         "Mean ± sample std over the cell's complete trials. Best test: the best test accuracy over epochs (selects on "
         "the test set, as the paper). 95 % CI: Student-t interval of our mean (n − 1 degrees of freedom); the last "
-        "column says whether the paper's mean lies inside it (needs n ≥ 2). Honest: test accuracy at the epoch of "
+        "column says whether the paper's mean lies inside it (needs n ≥ 2; \"other scale\": the cell's width, "
+        "tokens or training reviews are not the paper's, so its number is context only). Honest: test accuracy at the epoch of "
         "best validation accuracy (n/a under the paper protocol, which trains on the validation reviews)."])
 
 
@@ -329,4 +346,4 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
 
 
 __all__ = ["Aggregate", "aggregate", "write_tables", "e3_csv_rows", "t_interval", "mean_std", "format_e3", "format_e4", "format_e5", "band_curves",
-           "mean_histograms", "mean_probe_maps", "E5_PAPER", "E5_MAP_PROBES", "TABLE_FILES"]
+           "mean_histograms", "mean_probe_maps", "E5_PAPER", "E5_MAP_PROBES", "TABLE_FILES", "PAPER_SHAPE", "paper_scale"]
