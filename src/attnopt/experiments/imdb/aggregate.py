@@ -333,7 +333,9 @@ def write_tables(agg: Aggregate, folder: str | Path) -> list[Path]:
     if agg.e5_pairs:
         paths.append(rd.write_csv("e5_pairs.csv", rows=agg.e5_pairs))
     if agg.cells:
-        paths.append(rd.save_figure("learning_curves.png", band_curves_figure(band_curves(agg))))
+        panels = {f"{panel}: {split}": cells for column, split in (("val_acc", "validation"), ("test_acc", "test"))
+                  for panel, cells in band_curves(agg, column).items()}
+        paths.append(rd.save_figure("learning_curves.png", band_curves_figure(panels, "accuracy (%)")))
         edges, hists = mean_histograms(agg)
         paths.append(rd.save_figure("weight_histograms.png",
                                     binned_histograms_figure(edges, hists, MATRIX_TYPES, PAPER_THRESHOLD)))
