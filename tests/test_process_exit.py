@@ -62,3 +62,36 @@ def test_tearing_down_a_gloo_group_marks_the_process_and_a_world_of_one_does_not
     """)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["False", "False", "True"]
+
+
+SLOW = """
+import sys, time
+from pathlib import Path
+from attnopt.cli._common import guard, new_app, run_app
+app = new_app("t")
+@app.command()
+def go(out: str) -> None:
+    with guard(Path(out), resumable=True):
+        print("ready", flush=True)
+        time.sleep(60)
+@app.command()
+def other() -> None:
+    pass
+run_app(app)
+"""
+
+
+@pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")])
+def test_a_terminated_program_takes_ctrl_cs_path(sig, code, word, tmp_path):
+    """SIGTERM (a scheduler's stop, `kill`) ends a command as Ctrl-C does: one line saying what
+    was kept, no traceback; exit code 128 + the signal's number."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SLOW), "go", str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if ours ignores it
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert err.startswith(f"error: {word}; {tmp_path / 'run'} keeps the unfinished run") and err.count("\n") == 1, err

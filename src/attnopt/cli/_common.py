@@ -6,8 +6,9 @@ or a click usage error is printed as one line ``error: …`` on stderr with exit
 fault of the file system (no space left, read-only, permission denied, I/O error:
 :class:`~attnopt.errors.StorageError` or an ``OSError`` with one of
 :data:`~attnopt.errors.STORAGE_ERRNOS`) is one line with exit code 1, saying that the run
-folder is not marked complete; Ctrl-C exits 130 with a line saying what was kept; anything
-else is a bug and shows its traceback.
+folder is not marked complete; Ctrl-C exits 130 with a line saying what was kept, and so does
+SIGTERM (a scheduler's or ``kill``'s stop) with exit code 143; anything else is a bug and shows
+its traceback.
 ``attnopt --debug …`` (or ``ATTNOPT_DEBUG=1``) shows the traceback of user errors too.
 """
 
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,12 +82,27 @@ def run_app(app: typer.Typer, **kwargs: Any) -> None:
     Python's finalisation.  (Not in :meth:`AttnoptGroup.main`, which tests call in-process.)"""
     from attnopt.runtime import end_process
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         app(**kwargs)
     except SystemExit as exc:
         end_process(exc.code)
         raise
     end_process(0)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in a program: it takes Ctrl-C's path (checkpoints kept, one line saying so)."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated
+
+
+def interrupt_code(exc: KeyboardInterrupt) -> int:
+    """The exit code of an interrupt: 130 for Ctrl-C, 143 (128 + SIGTERM) for a termination."""
+    return 143 if isinstance(exc, Terminated) else 130
 
 
 def new_app(help: str) -> typer.Typer:
@@ -116,12 +134,13 @@ def guard(out: Optional[Path] = None, *, resumable: bool = False) -> Iterator[No
         if isinstance(exc, StorageError) and out is not None:
             kept = f"; {out} is not marked complete: the same command {'resumes' if resumable else 'redoes'} it"
         raise fail(f"{exc}{kept}", exc.exit_code) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
         if out is None:
-            raise fail("interrupted; nothing was written", 130) from None
+            raise fail(f"{what}; nothing was written", interrupt_code(exc)) from None
         again = "resumes it" if resumable else "redoes it"
-        raise fail(f"interrupted; {out} keeps the unfinished run (not marked complete): the same command "
-                   f"{again}, --overwrite starts afresh", 130) from None
+        raise fail(f"{what}; {out} keeps the unfinished run (not marked complete): the same command "
+                   f"{again}, --overwrite starts afresh", interrupt_code(exc)) from None
 
 
 # --------------------------------------------------------------------------------------
