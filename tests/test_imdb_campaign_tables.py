@@ -323,3 +323,24 @@ def test_a_cell_at_another_scale_is_not_checked_against_the_papers_mean(records)
     assert rows["small-p1.1"]["paper"][0] == 83.47 and rows["small-p1.1"]["paper_inside_ci"] is None
     assert rows["paper-s3-p1.1"]["paper_inside_ci"] is True
     assert "| 83.47 ± 0.09 [82.57], 72 | other scale |" in agg.markdown()
+
+
+def test_cells_of_another_epoch_cap_make_a_table_of_their_own(records):
+    """A longer ℓ1.1 / ℓ2 pair answers another question: its own claims, its own Holm family."""
+    from attnopt.experiments.imdb.verdicts import claims
+
+    for seed in range(3):
+        for cell, p, best in (("long-p1.1", 1.1, 0.86 + seed / 1000), ("long-p2", 2.0, 0.84 + seed / 1000)):
+            path = _record(records, cell, seed, p=p, best=best)
+            summary = json.loads((path / "summary.json").read_text())
+            (path / "summary.json").write_text(json.dumps(summary | {"max_epochs": 30}))
+    rows = [r for r in claims(aggregate(records).cells) if r["size"] == 3]
+    pairs = {(r["a"], r["b"]) for r in rows if r["claim"] == "ℓ1.1 more accurate than ℓ2"}
+    assert pairs == {("paper-s3-p1.1", "paper-s3-p2"), ("long-p1.1", "long-p2")}
+    long = [r for r in rows if r["max_epochs"] == 30]
+    from attnopt.report.stats import holm
+
+    assert [r["p_holm"] for r in long] == pytest.approx(holm([r["test"].p for r in long]), nan_ok=True)
+    assert "| imdb paper size 3, ≤ 30 epochs | ℓ1.1 more accurate than ℓ2 |" in aggregate(records).markdown()
+    assert {(p["cell_l11"], p["cell_l2"]) for p in aggregate(records).e5_pairs if p["probes"] == "ours"} == \
+        {("paper-s3-p1.1", "paper-s3-p2"), ("long-p1.1", "long-p2")}

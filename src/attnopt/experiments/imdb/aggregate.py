@@ -67,7 +67,7 @@ def _label(cfg: dict) -> str:
 def _cell_info(recs: list[dict]) -> dict:
     c, s = recs[0]["config"], recs[0]["summary"]
     return {"dataset": c["dataset"], "protocol": c["protocol"], "size": c["size"], "optimizer": _label(c),
-            "lr": s.get("lr"), "n": len(recs)}
+            "lr": s.get("lr"), "n": len(recs), "max_epochs": s.get("max_epochs")}
 
 
 def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
@@ -131,7 +131,7 @@ def aggregate(results: str | Path | Sequence[str | Path]) -> Aggregate:
 
 def _pairs(cells: dict[str, list[dict]]) -> list[dict]:
     """ℓ1.1 against ℓ2 on the probes, trials paired by (seed, init seed) within a (dataset,
-    protocol, size)."""
+    protocol, size, epoch cap)."""
     def md(recs, p):
         c = recs[0]["config"]
         return c["optimizer"] == "md" and round(float(c["p"]), 6) == p
@@ -142,7 +142,7 @@ def _pairs(cells: dict[str, list[dict]]) -> list[dict]:
             if not (md(ra, 1.1) and md(rb, 2.0)):
                 continue
             ia, ib = _cell_info(ra), _cell_info(rb)
-            if (ia["dataset"], ia["protocol"], ia["size"]) != (ib["dataset"], ib["protocol"], ib["size"]):
+            if any(ia[k] != ib[k] for k in ("dataset", "protocol", "size", "max_epochs")):
                 continue
             key = lambda r: (r["summary"]["seed"], r["summary"]["init_seed"])  # noqa: E731
             mb = {key(r): r for r in rb}

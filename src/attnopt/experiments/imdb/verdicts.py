@@ -1,6 +1,6 @@
 """The paper's claims tested between the campaign's cells: Welch's two-sample t-test between
-two cells' trials and Holm's correction across the claims of one (dataset, protocol, size)
-table, each with a verdict (holds / fails / inconclusive).  The paper's numbers ride along as
+two cells' trials and Holm's correction across the claims of one (dataset, protocol, size,
+epoch cap) table, each with a verdict (holds / fails / inconclusive).  The paper's numbers ride along as
 context only: measured at another scale, they are never the reference of a test."""
 
 from __future__ import annotations
@@ -33,19 +33,21 @@ def _qkv_above(recs: list[dict]) -> list[float]:
 
 
 def claims(cells: dict[str, list[dict]]) -> list[dict]:
-    """The paper's claims that the cells can test, per (dataset, protocol, size): ℓ1.1 more
+    """The paper's claims that the cells can test, per table — (dataset, protocol, size, epoch
+    cap): cells trained to other epoch caps answer other questions —: ℓ1.1 more
     accurate than ℓ2, ℓ3 and each baseline; ℓ1.1 sparser than ℓ2 (fewer Q/K/V entries above the
     paper's threshold: the paper's direction); ℓ1.1 gives the marked sentiment token a higher
     E5 score than ℓ2 (each probe set).  Welch's test between the two cells' trials, Holm's
-    correction across the claims of one (dataset, protocol, size) table.  Where a table has
+    correction across the claims of one table.  Where a table has
     several cells of one optimizer, the one with the most trials speaks for it (first by name
     on a tie); the verdict table names the cells it compared."""
     groups: dict[tuple, dict[str, tuple[str, list[dict]]]] = {}
     for name, recs in sorted(cells.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         c = recs[0]["config"]
-        groups.setdefault((c["dataset"], c["protocol"], c["size"]), {}).setdefault(_kind(recs), (name, recs))
+        table = (c["dataset"], c["protocol"], c["size"], recs[0]["summary"].get("max_epochs"))
+        groups.setdefault(table, {}).setdefault(_kind(recs), (name, recs))
     out = []
-    for (dataset, protocol, size), kinds in groups.items():
+    for (dataset, protocol, size, max_epochs), kinds in groups.items():
         rows = []
         if "md1.1" not in kinds:
             continue
@@ -71,7 +73,7 @@ def claims(cells: dict[str, list[dict]]) -> list[dict]:
         adjusted = holm([t.p for t in tests])
         for r, t, padj in zip(rows, tests, adjusted):
             out.append({k: v for k, v in r.items() if k not in ("va", "vb")} | {
-                "dataset": dataset, "protocol": protocol, "size": size, "test": t, "p_holm": padj,
+                "dataset": dataset, "protocol": protocol, "size": size, "max_epochs": max_epochs, "test": t, "p_holm": padj,
                 "mean_a": sample_stats(r["va"]), "mean_b": sample_stats(r["vb"]),
                 "verdict": verdict(t, padj, r["higher"])})
     return out
@@ -97,7 +99,8 @@ def format_verdicts(rows: list[dict]) -> str:
         t = r["test"]
         ci = "–" if not math.isfinite(t.ci_lo) else f"{t.diff:+.3g} [{t.ci_lo:+.3g}, {t.ci_hi:+.3g}]"
         dropped = t.dropped_a + t.dropped_b
-        body.append([f"{r['dataset']} {r['protocol']} size {r['size']}", r["claim"], r["metric"], ms(r["a"], r["mean_a"]),
+        cap = "" if r.get("max_epochs") is None else f", ≤ {r['max_epochs']} epochs"
+        body.append([f"{r['dataset']} {r['protocol']} size {r['size']}{cap}", r["claim"], r["metric"], ms(r["a"], r["mean_a"]),
                      ms(r["b"], r["mean_b"]), ci, num(t.p), num(r["p_holm"]), r["verdict"], r["paper"],
                      str(dropped) if dropped else ""])
     return "\n".join([
@@ -105,8 +108,9 @@ def format_verdicts(rows: list[dict]) -> str:
         markdown_table(["table", "claim", "metric", "ℓ1.1 cell", "other cell", "difference [95 % CI]", "Welch p",
                         "Holm p", "verdict", "paper (context)", "missing"], body) if body else "no testable claim yet",
         "", "Welch's two-sample t-test between the two cells' trials (unequal variances, Welch–Satterthwaite degrees "
-        "of freedom), Holm's correction across the claims of one (dataset, protocol, size) table, α = 0.05. holds: "
-        "significant in the claimed direction; fails: significant the other way; inconclusive: not significant; "
+        "of freedom), Holm's correction across the claims of one (dataset, protocol, size, epoch cap) table, "
+        "α = 0.05. holds: significant in the claimed direction; fails: significant the other way; inconclusive: not "
+        "significant; "
         "–: fewer than two finite values in a cell. Missing or non-finite values are dropped and counted in the last "
         "column. The paper's numbers are context measured at its scale, never the reference of a test."])
 
