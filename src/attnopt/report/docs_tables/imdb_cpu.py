@@ -11,11 +11,12 @@ from typing import Callable
 
 from attnopt.experiments.imdb.aggregate import Aggregate, aggregate, format_e3, format_e4, format_e5
 from attnopt.experiments.imdb import verdicts
-from attnopt.report.docs_tables.records import Records
-from attnopt.report.tables import markdown_table
+from attnopt.report.docs_tables.records import Claim, Records
+from attnopt.report.tables import fmt, markdown_table
 
 RECORDS = "results/imdb-cpu/records"
 RESULTS = "results/imdb-cpu"
+DOC = "docs/imdb_results.md"
 
 
 def _summaries(rec: Records) -> list[tuple[str, dict]]:
@@ -51,10 +52,14 @@ def sweep(rec: Records) -> str:
                            "ensemble members: minutes"], rows)
 
 
+def _aggregate(rec: Records) -> Aggregate:
+    return rec.memo("imdb_cpu.aggregate", lambda: aggregate(rec.root / RESULTS))
+
+
 def _cells(section: Callable[[Aggregate], str]) -> Callable[[Records], str]:
     """A generator of one section of the cells' tables, without its heading."""
     def table(rec: Records) -> str:
-        agg = rec.memo("imdb_cpu.aggregate", lambda: aggregate(rec.root / RESULTS))
+        agg = _aggregate(rec)
         if not agg.cells:
             return "(no cell recorded yet)"
         lines = section(agg).split("\n")
@@ -62,8 +67,50 @@ def _cells(section: Callable[[Aggregate], str]) -> Callable[[Records], str]:
     return table
 
 
-TABLES = {"imdb_cpu.sweep": sweep,
+def readme(rec: Records) -> str:
+    """The README's summary: per cell its honest accuracy; per accuracy claim its verdict."""
+    agg = _aggregate(rec)
+    if not agg.cells:
+        return "(no cell recorded yet)"
+    acc = {(v["a"], v["b"]): v for v in verdicts.claims(agg.cells) if v["claim"].startswith("ℓ1.1 more accurate")}
+    rows = []
+    for r in agg.e3:
+        v = next((v for (a, b), v in acc.items() if b == r["cell"]), None)
+        rows.append([r["optimizer"], f"{r['lr']:g}", str(r["n"]), f"{r['max_epochs']}",
+                     fmt(r["honest_mean"], r["honest_std"], 2),
+                     "–" if v is None else f"{v['verdict']} (Welch p = {v['test'].p:.2g})"])
+    return markdown_table(["optimizer", "lr", "seeds", "epochs", "honest test acc (%)",
+                           "ℓ1.1 more accurate than it?"], rows)
+
+
+TABLES = {"imdb_cpu.sweep": sweep, "readme.imdb_cpu": readme,
           "imdb_cpu.e3": _cells(lambda agg: format_e3(agg.e3)),
           "imdb_cpu.e4": _cells(lambda agg: format_e4(agg.e4)),
           "imdb_cpu.e5": _cells(lambda agg: format_e5(agg.e5, agg.e5_pairs)),
           "imdb_cpu.verdicts": _cells(lambda agg: verdicts.format_verdicts(verdicts.claims(agg.cells)))}
+
+
+def _signed(x: float) -> str:
+    return f"{x:+.2f}".replace("-", "−")
+
+
+def claims(rec: Records) -> list[Claim]:
+    """The numbers the page's prose quotes about the cells: each cell's honest accuracy (and the
+    range of its trials' last training loss: ln 2 = 0.693 is a constant prediction), and per
+    tested claim its verdict and Welch p (accuracy claims also the difference and its 95 % CI)."""
+    agg = _aggregate(rec)
+    out = []
+    for r in agg.e3:
+        if r["n"] < 2:
+            continue
+        loss = [float(t["history"]["train_loss"][-1]) for t in agg.cells[r["cell"]]]
+        out.append(Claim(DOC, f"`{r['cell']}` {r['honest_mean']:.2f} ± {r['honest_std']:.2f} % (n = {r['n']}; last "
+                              f"training loss {min(loss):.3f}–{max(loss):.3f})"))
+    for v in verdicts.claims(agg.cells):
+        t = v["test"]
+        if t.p != t.p:  # fewer than two values in a cell: no test to quote
+            continue
+        diff = f"{_signed(t.diff)} points [{_signed(t.ci_lo)}, {_signed(t.ci_hi)}], " \
+            if v["claim"].startswith("ℓ1.1 more accurate") else ""
+        out.append(Claim(DOC, f"{v['claim']} — {v['verdict']}: {diff}Welch p = {t.p:.2g}"))
+    return out
