@@ -113,3 +113,18 @@ def test_a_changed_cpu_sweep_record_is_caught(copy):
     _edit(hist, ",0.534,", ",0.544,")
     problems = check(copy)
     assert len(problems) == 1 and "table:imdb_cpu.sweep differs" in problems[0] and "54.4" in problems[0]
+
+
+def test_a_changed_cpu_cell_record_is_caught_in_tables_readme_and_prose(copy):
+    """One seed's honest accuracy moves: the cell's tables (page and README) and the prose that
+    quotes the cell's mean and the l1.1-vs-l2 test all disagree with the records."""
+    summary = copy / "results/imdb-cpu/records/cpu-s3-p2/seed0-init0/summary.json"
+    text = summary.read_text(encoding="utf-8")
+    import json
+
+    s = json.loads(text)
+    summary.write_text(json.dumps(s | {"honest_test_acc": s["honest_test_acc"] + 0.05}), encoding="utf-8")
+    problems = "\n".join(check(copy))
+    for part in ("table:imdb_cpu.e3 differs", "table:imdb_cpu.verdicts differs", "table:readme.imdb_cpu differs",
+                 "`cpu-s3-p2` 58.28 ± 2.99 % (n = 5", "ℓ1.1 more accurate than ℓ2 — inconclusive: −1.18 points"):
+        assert part in problems, problems
