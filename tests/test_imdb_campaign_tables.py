@@ -94,10 +94,12 @@ def test_e4_and_e5_rows_and_the_l11_against_l2_pairs(records):
     (pair,) = [p for p in agg.e5_pairs if p["probes"] == "authors"]
     # per pair: probe 0 (0.6 > 0.5) won, probe 1 (0.2 < 0.3) lost; means 0.4 vs 0.4 are equal
     assert (pair["cell_l11"], pair["cell_l2"], pair["pairs"]) == ("paper-s3-p1.1", "paper-s3-p2", 3)
-    assert (pair["probe_wins"], pair["probe_comparisons"], pair["pairs_l11_higher_mean"]) == (3, 6, 0)
+    assert (pair["probe_wins"], pair["probe_losses"], pair["probe_comparisons"], pair["pairs_l11_higher_mean"]) == \
+        (3, 3, 6, 0)
+    assert "| 3 / 3 / 0 of 6 |" in aggregate(records).markdown()
     text = agg.markdown()
     assert "| paper-s3-p1.1 | imdb | paper | 3 | MD p=1.1 | 0.001 | 3 | 83.48 ± 0.08 |" in text
-    assert "3 / 6" in text and "Student-t" in text
+    assert "Student-t" in text
 
 
 def test_table_command_aggregates_a_results_folder_and_writes_tables_and_figures(records, tmp_path):

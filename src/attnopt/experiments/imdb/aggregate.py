@@ -150,16 +150,17 @@ def _pairs(cells: dict[str, list[dict]]) -> list[dict]:
             if not pairs:
                 continue
             for ps in PROBE_SETS:
-                wins = total = better = 0
+                wins = losses = total = better = 0
                 for x, y in pairs:
                     sx = {p["index"]: p["score"] for p in x["e5"][ps]["probes"]}
                     sy = {p["index"]: p["score"] for p in y["e5"][ps]["probes"]}
                     common = sorted(set(sx) & set(sy))
                     wins += sum(sx[i] > sy[i] for i in common)
+                    losses += sum(sx[i] < sy[i] for i in common)
                     total += len(common)
                     better += x["e5"][ps]["mean_score"] > y["e5"][ps]["mean_score"]
                 out.append({"cell_l11": a, "cell_l2": b, "probes": ps, "pairs": len(pairs), "probe_wins": wins,
-                            "probe_comparisons": total, "pairs_l11_higher_mean": better})
+                            "probe_losses": losses, "probe_comparisons": total, "pairs_l11_higher_mean": better})
     return out
 
 
@@ -244,9 +245,10 @@ def format_e5(rows: list[dict], pairs: list[dict]) -> str:
              f"(authors' probes, size 6, one model each): ℓ1.1 {E5_PAPER['MD p=1.1']}, ℓ2 {E5_PAPER['MD p=2']}."]
     if pairs:
         lines += ["", markdown_table(
-            ["ℓ1.1 cell", "ℓ2 cell", "probe set", "paired trials", "probes where ℓ1.1 scores higher",
+            ["ℓ1.1 cell", "ℓ2 cell", "probe set", "paired trials", "probes where ℓ1.1 scores higher / lower / the same",
              "pairs where ℓ1.1's mean is higher"],
-            [[p["cell_l11"], p["cell_l2"], p["probes"], p["pairs"], f"{p['probe_wins']} / {p['probe_comparisons']}",
+            [[p["cell_l11"], p["cell_l2"], p["probes"], p["pairs"], f"{p['probe_wins']} / {p['probe_losses']} / "
+              f"{p['probe_comparisons'] - p['probe_wins'] - p['probe_losses']} of {p['probe_comparisons']}",
               f"{p['pairs_l11_higher_mean']} / {p['pairs']}"] for p in pairs])]
     return "\n".join(lines)
 
