@@ -1,7 +1,8 @@
 """The CPU-scale IMDB campaign (issue 24) in docs/imdb_results.md, from the records under
 ``results/imdb-cpu/records``: the learning-rate sweep (validation accuracy per epoch, the honest
-number, time: every recorded sweep trial and nothing else) and the cells' E3, E4, E5 and verdict
-tables exactly as ``attnopt imdb table results/imdb-cpu`` prints them."""
+number, time: every recorded sweep trial and nothing else), the cells' E3, E4, E5 and verdict
+tables exactly as ``attnopt imdb table results/imdb-cpu`` prints them, the README's summary of
+the cells, and the numbers the page's prose quotes (:func:`claims`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import csv
 import io
 from typing import Callable
 
-from attnopt.experiments.imdb.aggregate import Aggregate, aggregate, format_e3, format_e4, format_e5
 from attnopt.experiments.imdb import verdicts
+from attnopt.experiments.imdb.aggregate import Aggregate, aggregate, format_e3, format_e4, format_e5
 from attnopt.report.docs_tables.records import Claim, Records
 from attnopt.report.tables import fmt, markdown_table
 
