@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from attnopt.report.docs_tables import BLOCK, PAGES, check, render, write
-from attnopt.report.docs_tables.__main__ import main
+from attnopt.docs_tables import BLOCK, PAGES, check, render, write
+from attnopt.docs_tables.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_pages_agree_with_the_records():
     problems = check(ROOT)
-    assert not problems, "\n".join(problems) + "\n(python -m attnopt.report.docs_tables --write rewrites the tables)"
+    assert not problems, "\n".join(problems) + "\n(python -m attnopt.docs_tables --write rewrites the tables)"
 
 
 def test_every_generator_has_a_block_and_every_block_a_generator():
@@ -103,7 +103,7 @@ def test_cli_exit_codes(copy, capsys, monkeypatch):
 
 
 def test_runs_as_a_module():
-    proc = subprocess.run([sys.executable, "-m", "attnopt.report.docs_tables"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "attnopt.docs_tables"], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

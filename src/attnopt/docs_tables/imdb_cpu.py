@@ -12,7 +12,7 @@ from typing import Callable
 
 from attnopt.experiments.imdb import verdicts
 from attnopt.experiments.imdb.aggregate import Aggregate, aggregate, format_e3, format_e4, format_e5
-from attnopt.report.docs_tables.records import Claim, Records
+from attnopt.docs_tables.records import Claim, Records
 from attnopt.report.tables import fmt, markdown_table
 
 RECORDS = "results/imdb-cpu/records"

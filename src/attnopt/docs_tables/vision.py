@@ -3,7 +3,7 @@ vision section, from the run folders under ``results/vision/digits/`` (per-seed 
 
 from __future__ import annotations
 
-from attnopt.report.docs_tables.records import Claim, Records
+from attnopt.docs_tables.records import Claim, Records
 from attnopt.report.stats import welch
 from attnopt.report.tables import markdown_table, sample_stats
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from attnopt.report.docs_tables.records import Records
+from attnopt.docs_tables.records import Records
 from attnopt.report.tables import fmt, markdown_table
 
 R = "results/synthetic"

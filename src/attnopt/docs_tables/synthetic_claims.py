@@ -3,8 +3,8 @@ each rebuilt from the records under ``results/synthetic/``."""
 
 from __future__ import annotations
 
-from attnopt.report.docs_tables.records import Claim, Records
-from attnopt.report.docs_tables.synthetic import (DOC, PS, README, STEPS, _cell, _d, _drift, _eps_rows, _kq,
+from attnopt.docs_tables.records import Claim, Records
+from attnopt.docs_tables.synthetic import (DOC, PS, README, STEPS, _cell, _d, _drift, _eps_rows, _kq,
                                                   _log10, _per_p, _pert_rows, _summary, _timing)
 from attnopt.report.tables import fmt
 

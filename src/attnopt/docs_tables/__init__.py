@@ -11,7 +11,7 @@ Every results table in the README and in ``docs/*_results.md`` is either a *gene
 or listed in :data:`UNRECORDED` with the reason it has no committed record.  Numbers quoted in
 the prose around the tables are *claims*: fragments of text built from the same records that
 must occur in the page as written (whitespace and line breaks aside).  :func:`check` compares
-both with the pages; :func:`write` rewrites the blocks (``python -m attnopt.report.docs_tables
+both with the pages; :func:`write` rewrites the blocks (``python -m attnopt.docs_tables
 --write``); claims are prose and are fixed by hand.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from attnopt.files import atomic_write_bytes
-from attnopt.report.docs_tables.records import Claim, Records, RecordsError
+from attnopt.docs_tables.records import Claim, Records, RecordsError
 
 BLOCK = re.compile(r"<!-- table:(?P<name>[\w.-]+) -->\n\n(?P<body>.*?)\n\n<!-- /table -->", re.S)
 OPEN = re.compile(r"<!-- table:([\w.-]+) -->")
@@ -32,7 +32,7 @@ PAGES = ("README.md", "docs/synthetic_results.md", "docs/vision_results.md", "do
 README_RESULTS = ("## Results compared with the papers", "## Documentation, examples")
 
 #: Header lines of results tables with no committed record behind them, and why (filled from
-#: :mod:`attnopt.report.docs_tables.unrecorded`).
+#: :mod:`attnopt.docs_tables.unrecorded`).
 UNRECORDED: dict[str, str] = {}
 
 
@@ -40,8 +40,8 @@ Generator = Callable[[Records], str]
 
 
 def _registry() -> tuple[dict[str, Generator], list[Callable[[Records], list[Claim]]], dict[str, str]]:
-    from attnopt.report.docs_tables import imdb, imdb_cpu, synthetic, synthetic_claims, vision
-    from attnopt.report.docs_tables import unrecorded as exempt
+    from attnopt.docs_tables import imdb, imdb_cpu, synthetic, synthetic_claims, vision
+    from attnopt.docs_tables import unrecorded as exempt
 
     tables: dict[str, Generator] = {}
     claims = []

@@ -9,7 +9,7 @@ import csv
 import io
 import json
 
-from attnopt.report.docs_tables.records import Claim, Records
+from attnopt.docs_tables.records import Claim, Records
 from attnopt.report.tables import markdown_table
 
 R = "docs/imdb_h100"

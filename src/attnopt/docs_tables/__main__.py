@@ -1,4 +1,4 @@
-"""``python -m attnopt.report.docs_tables [--write] [--root DIR]``: check (or rewrite) the
+"""``python -m attnopt.docs_tables [--write] [--root DIR]``: check (or rewrite) the
 results tables of the README and docs/*_results.md against the records under results/.
 
 Exit status: 0 when the pages agree with the records (or were rewritten), 1 when they differ
@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from attnopt.report.docs_tables import PAGES, RecordsError, check, write
+from attnopt.docs_tables import PAGES, RecordsError, check, write
 
 
 def find_root(start: Path) -> Path | None:
@@ -23,7 +23,7 @@ def find_root(start: Path) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m attnopt.report.docs_tables", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m attnopt.docs_tables", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--write", action="store_true", help="rewrite the generated tables in the pages")
     ap.add_argument("--root", type=Path, default=None, help="the repository (default: found from the current folder)")
