@@ -100,9 +100,10 @@ def _terminated(signum, frame) -> None:
     raise Terminated
 
 
-def interrupt_code(exc: KeyboardInterrupt) -> int:
-    """The exit code of an interrupt: 130 for Ctrl-C, 143 (128 + SIGTERM) for a termination."""
-    return 143 if isinstance(exc, Terminated) else 130
+def interrupted(exc: KeyboardInterrupt) -> tuple[str, int]:
+    """The word and exit code of an interrupt: ("interrupted", 130) for Ctrl-C, ("terminated",
+    143 = 128 + SIGTERM) for a termination."""
+    return ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
 
 
 def new_app(help: str) -> typer.Typer:
@@ -135,12 +136,12 @@ def guard(out: Optional[Path] = None, *, resumable: bool = False) -> Iterator[No
             kept = f"; {out} is not marked complete: the same command {'resumes' if resumable else 'redoes'} it"
         raise fail(f"{exc}{kept}", exc.exit_code) from None
     except KeyboardInterrupt as exc:
-        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        what, code = interrupted(exc)
         if out is None:
-            raise fail(f"{what}; nothing was written", interrupt_code(exc)) from None
+            raise fail(f"{what}; nothing was written", code) from None
         again = "resumes it" if resumable else "redoes it"
         raise fail(f"{what}; {out} keeps the unfinished run (not marked complete): the same command "
-                   f"{again}, --overwrite starts afresh", interrupt_code(exc)) from None
+                   f"{again}, --overwrite starts afresh", code) from None
 
 
 # --------------------------------------------------------------------------------------

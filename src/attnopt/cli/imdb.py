@@ -15,9 +15,8 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from attnopt.cli._common import (CacheOpt, DataOpt, OutOpt, OverwriteOpt, ProgressOpt, Terminated, console, fail,
-                                 finish, guard, interrupt_code, new_app, open_out, parse_floats, int_option,
-                                 progress_bars)
+from attnopt.cli._common import (CacheOpt, DataOpt, OutOpt, OverwriteOpt, ProgressOpt, console, fail, finish, guard,
+                                 interrupted, new_app, open_out, parse_floats, int_option, progress_bars)
 from attnopt.report.tables import pct
 
 app = new_app("IMDB / SST-2 sentiment experiments: mirror descent vs baselines (E3–E6).")
@@ -254,10 +253,9 @@ def campaign(
         try:
             res = run_campaign(cfg, out=results, progress=cb, data_root=data, cache=cache)
         except KeyboardInterrupt as exc:
-            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            what, code = interrupted(exc)
             raise fail(f"{what}; the complete records stay in {results / 'records'} and the trials in progress "
-                       f"keep their last checkpoint in {cfg.work_dir()}: the same command resumes them",
-                       interrupt_code(exc)) from None
+                       f"keep their last checkpoint in {cfg.work_dir()}: the same command resumes them", code) from None
     typer.echo(_status_table(res.status))
     con = console()
     if dry_run and cfg.shard is not None:

@@ -6,8 +6,6 @@ the cells, and the numbers the page's prose quotes (:func:`claims`)."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Callable
 
 from attnopt.experiments.imdb import verdicts
@@ -15,37 +13,26 @@ from attnopt.experiments.imdb.aggregate import Aggregate, aggregate, format_e3, 
 from attnopt.docs_tables.records import Claim, Records
 from attnopt.report.tables import fmt, markdown_table
 
-RECORDS = "results/imdb-cpu/records"
 RESULTS = "results/imdb-cpu"
 DOC = "docs/imdb_results.md"
 
 
-def _summaries(rec: Records) -> list[tuple[str, dict]]:
-    """(record folder relative to the repository, summary) of every complete sweep record."""
-    root = rec.root / RECORDS
-    out = []
-    for path in sorted(root.glob("cpu-lr-*/*/summary.json")) if root.is_dir() else []:
-        folder = path.parent.relative_to(rec.root).as_posix()
-        s = rec.json(f"{folder}/summary.json")
-        if s.get("complete") is True:
-            out.append((folder, s))
-    return out
-
-
-def _order(s: dict) -> tuple:
-    name = s["optimizer"]
-    return (0 if name.startswith("MD") else 1, name, s["lr"])
+def _order(recs: list[dict]) -> tuple:
+    s = recs[0]["summary"]
+    return (0 if s["optimizer"].startswith("MD") else 1, s["optimizer"], s["lr"])
 
 
 def sweep(rec: Records) -> str:
+    """Every recorded sweep trial (the aggregate's sweep records: the plan's [[sweep]] blocks)."""
     rows = []
-    for folder, s in sorted(_summaries(rec), key=lambda fs: _order(fs[1])):
-        hist = list(csv.DictReader(io.StringIO(rec.text(f"{folder}/history.csv"))))
-        val = " / ".join(f"{100 * float(h['val_acc']):.1f}" for h in hist)
-        minutes = sum(float(h["epoch_time_s"]) for h in hist) / 60
-        rows.append([s["optimizer"], f"{s['lr']:g}", str(s["seed"]), str(s["epochs"]), val,
-                     f"{100 * s['honest_test_acc']:.2f} (epoch {s['best_val_epoch']})",
-                     f"{100 * s['final_train_acc']:.1f}", f"{s['members']}: {minutes:.0f}"])
+    for recs in sorted(_aggregate(rec).sweeps.values(), key=_order):
+        for r in recs:
+            s, h = r["summary"], r["history"]
+            val = " / ".join(f"{100 * float(v):.1f}" for v in h["val_acc"])
+            minutes = float(h["epoch_time_s"].sum()) / 60
+            rows.append([s["optimizer"], f"{s['lr']:g}", str(s["seed"]), str(s["epochs"]), val,
+                         f"{100 * s['honest_test_acc']:.2f} (epoch {s['best_val_epoch']})",
+                         f"{100 * s['final_train_acc']:.1f}", f"{s['members']}: {minutes:.0f}"])
     if not rows:
         return "(no sweep record yet)"
     return markdown_table(["optimizer", "lr", "seed", "epochs", "validation acc per epoch (%)",
@@ -73,10 +60,10 @@ def readme(rec: Records) -> str:
     agg = _aggregate(rec)
     if not agg.cells:
         return "(no cell recorded yet)"
-    acc = {(v["a"], v["b"]): v for v in verdicts.claims(agg.cells) if v["claim"].startswith("ℓ1.1 more accurate")}
+    acc = {v["b"]: v for v in verdicts.claims(agg.cells) if v["claim"].startswith("ℓ1.1 more accurate")}
     rows = []
     for r in agg.e3:
-        v = next((v for (a, b), v in acc.items() if b == r["cell"]), None)
+        v = acc.get(r["cell"])
         rows.append([r["optimizer"], f"{r['lr']:g}", str(r["n"]), f"{r['max_epochs']}",
                      fmt(r["honest_mean"], r["honest_std"], 2),
                      "–" if v is None else f"{v['verdict']} (Welch p = {v['test'].p:.2g})"])

@@ -272,11 +272,15 @@ def band_curves(agg: Aggregate, column: str = "test_acc") -> dict[str, dict[str,
     return out
 
 
+def _size_or_largest(agg: Aggregate, size: int | None) -> int | None:
+    """``size``, or by default the largest model size among the cells (None without cells)."""
+    return size if size is not None else max((_cell_info(r)["size"] for r in agg.cells.values()), default=None)
+
+
 def mean_histograms(agg: Aggregate, size: int | None = None) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
     """(bin edges, cell -> matrix type -> mean fraction of entries per bin) for cells of
     ``size`` (default: the largest size recorded)."""
-    sizes = [_cell_info(r)["size"] for r in agg.cells.values()]
-    size = size if size is not None else (max(sizes) if sizes else None)
+    size = _size_or_largest(agg, size)
     edges, out = np.asarray([]), {}
     for name, recs in agg.cells.items():
         if _cell_info(recs)["size"] != size:
@@ -293,8 +297,7 @@ def mean_probe_maps(agg: Aggregate, probes: Sequence[int] = E5_MAP_PROBES, size:
     records kept whole maps (records written before they did are left out): the authors' probes
     among ``probes`` that every such record holds, each with its word pieces and marked
     positions, and per cell the normalised map of each, mean over the cell's trials."""
-    sizes = [_cell_info(r)["size"] for r in agg.cells.values()]
-    size = size if size is not None else (max(sizes) if sizes else None)
+    size = _size_or_largest(agg, size)
     per_cell = {}
     for name, recs in agg.cells.items():
         per = [{p["index"]: p for p in r["e5"]["authors"]["probes"] if "map" in p} for r in recs]
