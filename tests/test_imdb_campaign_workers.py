@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from attnopt.cli import app
 from attnopt.experiments.imdb.aggregate import aggregate
-from attnopt.experiments.imdb.campaign import run_campaign
+from attnopt.experiments.imdb.campaign import complete_records, run_campaign
 from attnopt.experiments.imdb.campaign_status import campaign_progress, format_progress
 from attnopt.experiments.imdb.claims import Claims, read_claim
 from attnopt.experiments.imdb.plan import load_plan, parse_plan, resolve_sweeps
@@ -321,7 +321,9 @@ def test_the_local_multi_gpu_launcher_runs_one_sharded_worker_per_visible_gpu(si
                     "DEVICE": "cpu", "LOGS": str(tmp_path / "logs"), "CUDA_VISIBLE_DEVICES": "0,1",
                     "EXTRA_ARGS": f"--cache {tmp_path / 'cache'}"}
     done = subprocess.run(["bash", str(script)], env=env, text=True, capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    logs = "".join(f"\n--- worker-{k}.log\n" + log.read_text() for k, log in
+                   enumerate(sorted((tmp_path / "logs").glob("worker-*.log"))))
+    assert done.returncode == 0, done.stdout + done.stderr + logs
     assert "worker 0/2: GPU 0" in done.stdout and "worker 1/2: GPU 1" in done.stdout
     _check_once(tmp_path, [(tmp_path / "logs" / f"worker-{k}.log").read_text() for k in (0, 1)])
     assert _tables(tmp_path / "res") == tables
@@ -387,3 +389,40 @@ def test_a_worker_killed_mid_trial_leaves_a_stale_claim_that_the_next_worker_res
     status = runner.invoke(app, ["imdb", "campaign", str(plan), "--status", "--results", str(tmp_path / "res"),
                                  "--work", str(tmp_path / "work")])
     assert status.exit_code == 0 and "| w-p1.1 | 1 / 1 | 0 | 0 | 0 | 0.00 h |" in status.stdout, status.stdout
+
+
+def test_finding_records_while_another_worker_renames_its_temporary_record_folders_into_place(tmp_path):
+    """A worker scans records/ while another assembles a record in a hidden temporary folder and
+    renames it into place; Path.rglob raised FileNotFoundError when the folder vanished between
+    listing its parent and scanning it (the worker then stopped with exit 1: CI of stop 36)."""
+    import shutil
+    import threading
+
+    cell = tmp_path / "records" / "c"
+    cell.mkdir(parents=True)
+    stop, errors = threading.Event(), []
+
+    def churn():
+        i = 0
+        while not stop.is_set():
+            tmp = cell / f".s{i}.tmp-host-1"
+            (tmp / "sub").mkdir(parents=True)
+            (tmp / "summary.json").write_text("{}")
+            os.rename(tmp, cell / f"s{i}")
+            shutil.rmtree(cell / f"s{i}")
+            i += 1
+
+    th = threading.Thread(target=churn)
+    th.start()
+    try:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 and not errors:
+            try:
+                assert find_records(tmp_path / "records") == []
+                assert complete_records(tmp_path) == {}
+            except OSError as exc:
+                errors.append(exc)
+    finally:
+        stop.set()
+        th.join()
+    assert not errors

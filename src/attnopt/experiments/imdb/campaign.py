@@ -122,7 +122,10 @@ def complete_records(results: Path | None) -> dict[str, dict]:
         return {}
     out = {}
     for rec in find_records(Path(results) / "records"):
-        summary = json.loads((rec / "summary.json").read_text())
+        try:
+            summary = json.loads((rec / "summary.json").read_text())
+        except (OSError, ValueError):  # moved away since the scan
+            continue
         out[summary["record"]["trial"]] = summary | {"_path": str(rec)}
     return out
 

@@ -164,10 +164,19 @@ def record_complete(path: Path) -> bool:
 
 
 def find_records(root: Path) -> list[Path]:
-    """Complete records under ``root`` (a results folder or a records folder), sorted."""
-    root = Path(root)
-    return sorted(p.parent for p in root.rglob("summary.json")
-                  if not p.parent.name.startswith(".") and record_complete(p.parent))
+    """Complete records under ``root`` (a results folder or a records folder), sorted.
+
+    Safe while other workers write records into ``root``: a record is assembled in a hidden
+    temporary folder and renamed into place, so hidden folders are not entered, and a folder
+    that vanishes during the walk is skipped (``os.walk`` ignores its scan error, where
+    ``Path.rglob`` raised ``FileNotFoundError``; measured: a scan racing renames failed within
+    a second)."""
+    found = []
+    for folder, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        if "summary.json" in files and record_complete(Path(folder)):
+            found.append(Path(folder))
+    return sorted(found)
 
 
 def read_record(path: Path) -> dict:
