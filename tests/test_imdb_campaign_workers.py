@@ -5,10 +5,12 @@ merged record folders, and the Slurm / multi-GPU launch scripts."""
 import json
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from pathlib import Path
@@ -395,12 +397,9 @@ def test_finding_records_while_another_worker_renames_its_temporary_record_folde
     """A worker scans records/ while another assembles a record in a hidden temporary folder and
     renames it into place; Path.rglob raised FileNotFoundError when the folder vanished between
     listing its parent and scanning it (the worker then stopped with exit 1: CI of stop 36)."""
-    import shutil
-    import threading
-
     cell = tmp_path / "records" / "c"
     cell.mkdir(parents=True)
-    stop, errors = threading.Event(), []
+    stop, errors, renamed = threading.Event(), [], []
 
     def churn():
         i = 0
@@ -411,6 +410,7 @@ def test_finding_records_while_another_worker_renames_its_temporary_record_folde
             os.rename(tmp, cell / f"s{i}")
             shutil.rmtree(cell / f"s{i}")
             i += 1
+            renamed.append(i)
 
     th = threading.Thread(target=churn)
     th.start()
@@ -425,4 +425,4 @@ def test_finding_records_while_another_worker_renames_its_temporary_record_folde
     finally:
         stop.set()
         th.join()
-    assert not errors
+    assert renamed and not errors  # the renames ran (a failed churn thread would leave nothing to race)

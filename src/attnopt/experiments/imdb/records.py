@@ -173,7 +173,7 @@ def find_records(root: Path) -> list[Path]:
     a second)."""
     found = []
     for folder, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
         if "summary.json" in files and record_complete(Path(folder)):
             found.append(Path(folder))
     return sorted(found)
