@@ -212,7 +212,7 @@ def test_ddp_two_gloo_processes_match_single_process(tmp_path):
             "--batch-size", "20", "--max-epochs", "2", "--device", "cpu", "--no-progress",
             "--cache", str(tmp_path / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    module = ["-m", "attnopt.cli.imdb"]
+    module = ["-m", "attnopt", "imdb"]  # what the README shows: torchrun … -m attnopt imdb train …
     _run_logged([sys.executable] + module + args + ["--out", str(tmp_path / "one")], env)  # also fills the cache
     _run_logged([torchrun, "--standalone", "--nproc-per-node", "2"] + module + args + ["--out", str(tmp_path / "ddp")],
                 env)

@@ -428,9 +428,3 @@ def attention_map(
     if probe:
         typer.echo(res.report)
     finish(console(), res.out, t0, "E5 attention maps")
-
-
-if __name__ == "__main__":  # pragma: no cover  (torchrun … -m attnopt.cli.imdb train …)
-    from attnopt.cli._common import run_app
-
-    run_app(app)
