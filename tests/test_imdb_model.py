@@ -115,16 +115,17 @@ def test_packed_equals_padded_loss_and_gradients_fp32(norm, pool):
     idx = [torch.tensor([3, 0, 7, 1, 9, 4, 8, 2, 6, 5])]
     grads = {}
     for name, (batch, y) in {"packed": packed_batch(split, idx, 8), "padded": padded_batch(split, idx, "max", 8),
-                             "dynamic": padded_batch(split, idx, "dynamic", 8)}.items():
+                             "dynamic": padded_batch(split, idx, "dynamic", 8),
+                             "hybrid": packed_batch(split, idx, 8, padded_attention=True)}.items():
         model.zero_grad()
         loss = member_losses(ensemble_logits([model], batch, training=True), y, "bce", "sum")[0]
         loss.backward()
         grads[name] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
     assert packed_batch(split, idx, 8)[0].real is not None  # the stream was rounded up: a tail was gathered out
-    for other in ("padded", "dynamic"):
-        assert (grads["packed"][0] - grads[other][0]).abs().item() <= 1e-5
-        for n, g in grads["packed"][1].items():
-            assert (g - grads[other][1][n]).abs().max().item() <= 1e-5, (other, n)
+    for ref, other in (("packed", "padded"), ("packed", "dynamic"), ("hybrid", "dynamic"), ("hybrid", "packed")):
+        assert (grads[ref][0] - grads[other][0]).abs().item() <= 1e-5
+        for n, g in grads[ref][1].items():
+            assert (g - grads[other][1][n]).abs().max().item() <= 1e-5, (ref, other, n)
     assert float(grads["packed"][1]["pos_emb.weight"][60:].abs().sum()) > 0  # long reviews reach far positions
 
 
@@ -139,7 +140,7 @@ def test_packed_layout_positions_and_boundaries():
     assert y.tolist() == [[0.0, 0.0], [1.0, 0.0]]
 
 
-@pytest.mark.parametrize("layout", ["packed", "padded"])
+@pytest.mark.parametrize("layout", ["packed", "hybrid", "padded"])
 def test_stacked_members_equal_separate_models(layout):
     """K models in one forward pass give each model's own logits (float64, bit for bit up to 1e-12)."""
     split = _split([9, 30, 3, 17, 40, 22, 8, 1])
@@ -148,12 +149,39 @@ def test_stacked_members_equal_separate_models(layout):
         torch.manual_seed(k)
         models.append(EncoderClassifier(_no_dropout(EncoderConfig(**TINY))).double().train())
     idx = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5]), torch.tensor([6, 7, 1])]
-    make = packed_batch if layout == "packed" else (lambda s, i, m: padded_batch(s, i, "dynamic", m))
-    batch, _ = make(split, idx, 8)
+    batch, _ = {"packed": lambda: packed_batch(split, idx, 8),
+                "hybrid": lambda: packed_batch(split, idx, 8, padded_attention=True),
+                "padded": lambda: padded_batch(split, idx, "dynamic", 8)}[layout]()
+    if layout == "hybrid":
+        assert batch.attn_width == 40 and batch.real is not None
     together = EncoderEnsemble(models)(batch)
     for k, m in enumerate(models):
         alone, _ = split.batch(idx[k], "max", 8)
         torch.testing.assert_close(together[k], m(alone), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("attn_impl", ["sdpa", "explicit"])
+def test_hybrid_layout_trains_with_counter_dropout(attn_impl):
+    """The hybrid layout takes what the jagged one refuses (counter dropout, the explicit
+    softmax); with dropout its logits are another sample than the padded layout's, and
+    without it the same (fp64, 1e-12)."""
+    split = _split([9, 30, 3, 17, 40, 22, 8, 1])
+    idx = [torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 6, 7])]
+    cfg = EncoderConfig(**TINY, dropout=0.2, dropout_impl="counter", attn_impl=attn_impl)
+    models = [EncoderClassifier(cfg).double().train() for _ in range(2)]
+    with pytest.raises(ValueError, match="jagged attention needs"):
+        ensemble_logits(models, packed_batch(split, idx, 8)[0], training=True)
+    hybrid, _ = packed_batch(split, idx, 8, padded_attention=True)
+    torch.manual_seed(0)
+    z = ensemble_logits(models, hybrid, training=True)
+    z.sum().backward()
+    assert torch.isfinite(z).all() and all(torch.isfinite(p.grad).all() for p in models[0].parameters())
+    torch.manual_seed(0)
+    assert not torch.equal(z, ensemble_logits(models, hybrid, training=False))
+    plain = [EncoderClassifier(_no_dropout(cfg)).double() for _ in range(2)]
+    torch.testing.assert_close(ensemble_logits(plain, hybrid, training=True),
+                               ensemble_logits(plain, padded_batch(split, idx, "dynamic", 8)[0], training=True),
+                               rtol=1e-12, atol=1e-12)
 
 
 def test_length_sorted_evaluation_batches_pad_little():

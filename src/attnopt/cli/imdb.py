@@ -93,8 +93,9 @@ def train(
     precision: Annotated[str, typer.Option(help="auto (bf16 on GPU for honest, fp32 for paper), fp32 or bf16")] = "auto",
     compile: Annotated[bool, typer.Option("--compile/--no-compile", help="torch.compile the model")] = False,
     pad: Annotated[str, typer.Option(
-        help="none (padding-free packed batches), dynamic (to the batch's longest review), max (to --max-len), "
-             "or auto (none on GPU, dynamic on CPU)")] = "auto",
+        help="none (padding-free packed batches), hybrid (packed, attention padded: faster on CPU for short "
+             "texts), dynamic (to the batch's longest review), max (to --max-len), or auto (none on GPU, "
+             "dynamic on CPU)")] = "auto",
     pad_multiple: Annotated[int, int_option(help="round padded widths / packed token counts up to this")] = 8,
     eval_batch_size: Annotated[int, int_option(help="evaluation batch size (reviews, shared by members)")] = 500,
     nan_check_every: Annotated[int, int_option(help="check the loss for NaN/inf every N steps")] = 20,

@@ -23,7 +23,10 @@ model, and :meth:`EncoderClassifier.forward` is that case) for two input layouts
 * :class:`Packed` — padding-free: each member's reviews back to back in one token stream,
   position ids restarting at every review, attention computed per review by
   ``scaled_dot_product_attention`` over a jagged nested tensor (FlashAttention's varlen
-  kernel on CUDA in bf16, the memory-efficient one in fp32, a per-review math path on CPU).
+  kernel on CUDA in bf16, the memory-efficient one in fp32, a per-review math path on CPU);
+  or, when the batch has an ``attn_width`` (the ``hybrid`` layout, faster on CPU), by the
+  padded layout's attention on the reviews scattered into a (K·B, attn_width) grid and
+  gathered back — every other operation still sees no padding.
 
 Attention runs through ``scaled_dot_product_attention`` (``attn_impl="sdpa"``) or an explicit
 softmax (``attn_impl="explicit"``, the paper's formulation, padded layout only); both compute
@@ -106,7 +109,9 @@ class Packed:
     flat index (into K·N) of each real token, or None when every token is real (K = 1 and no
     tail); ``cls`` (K, B): each review's first position in its row; ``lengths`` (K, B);
     ``max_seqlen``: an upper bound of the review lengths (sizes the attention kernel's grid);
-    ``n_real``: the number of real tokens R (known on the host, so nothing waits on the device).
+    ``n_real``: the number of real tokens R (known on the host, so nothing waits on the device);
+    ``attn_width``: None (jagged attention) or the width to which attention pads the reviews
+    (at least the longest review).
     """
 
     ids: torch.Tensor
@@ -117,6 +122,7 @@ class Packed:
     lengths: torch.Tensor
     max_seqlen: int
     n_real: int
+    attn_width: int | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -314,25 +320,54 @@ def _embed(members: Sequence[EncoderClassifier], batch: Padded | Packed) -> torc
     return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
+def _grid_index(batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the hybrid layout: each real token's flat index in the (K·B, attn_width) grid of
+    padded reviews (members after one another, as in ``cu``), and the grid's key mask."""
+    T, lengths = batch.attn_width, batch.lengths.flatten()
+    doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths,
+                                  output_size=batch.n_real)
+    pos = batch.pos.flatten()
+    pos = pos if batch.real is None else pos.index_select(0, batch.real)
+    keep = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
+    return doc * T + pos, keep
+
+
 def _attention(x: torch.Tensor, w: dict, batch: Padded | Packed, keep: torch.Tensor | None, H: int, p: float,
-               training: bool, explicit: bool, probs_out: list | None, dropout_impl: str) -> torch.Tensor:
-    """Multi-head self-attention of every member: (K, M, C) → (K, M, C), before W_O."""
+               training: bool, explicit: bool, probs_out: list | None, dropout_impl: str,
+               grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Multi-head self-attention of every member: (K, M, C) → (K, M, C), before W_O.
+    ``grid`` (hybrid layout, from :func:`_grid_index`): attention on the padded reviews."""
     K, M, C = x.shape
     d = C // H
     qkv = _linear(x, w["qkv"], w.get("qkv_b"))
     if isinstance(batch, Packed):
-        flat = qkv.reshape(K * M, 3, H, d)
+        flat = qkv.reshape(K * M, 3 * C)
         if batch.real is not None:
             flat = flat.index_select(0, batch.real)
-        q, k_, v = flat.movedim(1, 0).contiguous().unbind(0)
-        y = jagged_attention(q, k_, v, batch.cu, batch.max_seqlen, p if training else 0.0).reshape(-1, C)
+        if grid is not None:
+            where, keep2 = grid
+            KB, T = keep2.shape
+            padded = flat.new_zeros(KB * T, 3 * C).index_copy(0, where, flat)
+            y = _padded_attention(padded.view(1, KB * T, 3 * C), keep2, 1, KB, T, H, d, p, training, explicit,
+                                  None, dropout_impl)
+            y = y.reshape(KB * T, C).index_select(0, where)
+        else:
+            q, k_, v = flat.view(-1, 3, H, d).movedim(1, 0).contiguous().unbind(0)
+            y = jagged_attention(q, k_, v, batch.cu, batch.max_seqlen, p if training else 0.0).reshape(-1, C)
         if batch.real is not None:
             y = y.new_zeros(K * M, C).index_copy(0, batch.real, y)
         return y.view(K, M, C)
     T = keep.shape[-1]
     B = M // T
+    return _padded_attention(qkv, keep.reshape(K * B, T), K, B, T, H, d, p, training, explicit, probs_out,
+                             dropout_impl)
+
+
+def _padded_attention(qkv: torch.Tensor, keep2: torch.Tensor, K: int, B: int, T: int, H: int, d: int, p: float,
+                      training: bool, explicit: bool, probs_out: list | None, dropout_impl: str) -> torch.Tensor:
+    """Attention of padded reviews: qkv (K, B·T, 3C), key mask (K·B, T) → (K, B·T, C)."""
+    C = H * d
     q, k_, v = (t.reshape(K * B, T, H, d).transpose(1, 2) for t in qkv.split(C, dim=-1))
-    keep2 = keep.reshape(K * B, T)
     # torch's attention kernels draw their own dropout masks: the counter-based dropout of the
     # probabilities goes through the explicit softmax (what SDPA's CPU math path computes anyway)
     if explicit or probs_out is not None or (dropout_impl != "torch" and training and p > 0):
@@ -342,7 +377,7 @@ def _attention(x: torch.Tensor, w: dict, batch: Padded | Packed, keep: torch.Ten
     else:
         y = F.scaled_dot_product_attention(q, k_, v, attn_mask=keep2[:, None, None, :],
                                            dropout_p=p if training else 0.0)
-    return y.transpose(1, 2).reshape(K, M, C)
+    return y.transpose(1, 2).reshape(K, B * T, C)
 
 
 def _keep(batch: Padded, K: int) -> torch.Tensor:
@@ -361,10 +396,15 @@ def ensemble_logits(members: Sequence[EncoderClassifier], batch: Padded | Packed
     """
     cfg = members[0].cfg
     K, H, p, impl = len(members), cfg.n_heads, cfg.dropout, cfg.dropout_impl
+    grid = None
     if isinstance(batch, Packed):
-        if cfg.attn_impl == "explicit" or probs_out is not None or (impl != "torch" and training and p > 0):
-            raise ValueError("the packed (padding-free) layout needs attn_impl='sdpa', no probabilities and, "
-                             "in training with dropout, dropout_impl='torch'")
+        if probs_out is not None:
+            raise ValueError("attention probabilities need the padded layout")
+        if batch.attn_width is not None:
+            grid = _grid_index(batch)
+        elif cfg.attn_impl == "explicit" or (impl != "torch" and training and p > 0):
+            raise ValueError("the packed (padding-free) layout with jagged attention needs attn_impl='sdpa' and, "
+                             "in training with dropout, dropout_impl='torch' (or the hybrid layout)")
         keep, (_, B), T = None, batch.shape, None
     else:
         keep = _keep(batch, K)
@@ -382,7 +422,7 @@ def ensemble_logits(members: Sequence[EncoderClassifier], batch: Padded | Packed
         fc1, fc2 = (P[pre + "mlp.fc1.weight"], P[pre + "mlp.fc1.bias"]), (P[pre + "mlp.fc2.weight"], P[pre + "mlp.fc2.bias"])
 
         def attn(h):
-            a = _attention(h, w, batch, keep, H, p, training, cfg.attn_impl == "explicit", probs_out, impl)
+            a = _attention(h, w, batch, keep, H, p, training, cfg.attn_impl == "explicit", probs_out, impl, grid)
             return dropout(_linear(a, *proj), p, training, impl)
 
         def mlp(h):

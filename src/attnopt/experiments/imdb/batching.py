@@ -55,12 +55,15 @@ def padded_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], pad: str,
     return Padded(split.ids[dev, :width]), split.labels[dev]
 
 
-def packed_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], multiple: int) -> tuple[Packed, torch.Tensor]:
+def packed_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], multiple: int,
+                 padded_attention: bool = False) -> tuple[Packed, torch.Tensor]:
     """Member k's reviews ``idx[k]`` back to back in row k of a (K, N) token stream.
 
     N is the longest member's token count rounded up to ``multiple`` (few distinct shapes for
     compiled code).  Position ids restart at every review; ``cu`` delimits the reviews in the
     stream of real tokens (member after member), which is what the jagged attention reads.
+    ``padded_attention`` (the ``hybrid`` layout): attention instead runs on the reviews padded
+    to the longest one of every member's batch, rounded up to ``multiple`` (``Packed.attn_width``).
     """
     K, B = len(idx), len(idx[0])
     lens_host = torch.stack([split.lengths[i] for i in idx])              # (K, B) on the host
@@ -79,21 +82,24 @@ def packed_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], multiple: int)
     tokens = split.ids[rows.flatten()[doc], pos]
     starts = lens.cumsum(1) - lens                                         # (K, B) first position per row
     labels = split.labels[rows]
+    width = min(split.max_len, round_up(int(lens_host.max()), multiple)) if padded_attention else None
     if K == 1 and N == n_real:
-        return Packed(tokens.unsqueeze(0), pos.unsqueeze(0), cu, None, starts, lens, split.max_len, n_real), labels
+        return Packed(tokens.unsqueeze(0), pos.unsqueeze(0), cu, None, starts, lens, split.max_len, n_real,
+                      width), labels
     member_start = torch.zeros(K, dtype=torch.int64)
     member_start[1:] = per_member.cumsum(0)[:-1]
     member = doc // B
     real = member * N + (t - member_start.to(dev, non_blocking=True)[member])
     ids = torch.zeros(K * N, dtype=tokens.dtype, device=dev).index_copy_(0, real, tokens)
     pos_full = torch.zeros(K * N, dtype=pos.dtype, device=dev).index_copy_(0, real, pos)
-    return Packed(ids.view(K, N), pos_full.view(K, N), cu, real, starts, lens, split.max_len, n_real), labels
+    return Packed(ids.view(K, N), pos_full.view(K, N), cu, real, starts, lens, split.max_len, n_real,
+                  width), labels
 
 
 def member_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], pad: str, multiple: int):
-    """``packed_batch`` for ``pad="none"``, else ``padded_batch``."""
-    if pad == "none":
-        return packed_batch(split, idx, multiple)
+    """``packed_batch`` for ``pad="none"`` or ``"hybrid"``, else ``padded_batch``."""
+    if pad in ("none", "hybrid"):
+        return packed_batch(split, idx, multiple, padded_attention=pad == "hybrid")
     return padded_batch(split, idx, pad, multiple)
 
 

@@ -29,7 +29,7 @@ from attnopt.models.encoder import EncoderConfig
 OPTIMIZERS = ("md", "adam", "adamw", "sgd")
 PROTOCOLS = ("honest", "paper")
 LOSSES = ("bce", "authors")
-PADS = ("auto", "none", "dynamic", "max")
+PADS = ("auto", "none", "hybrid", "dynamic", "max")
 
 #: The paper's learning rates for plain ℓp mirror descent on IMDB, by p and model size.
 PAPER_LR: dict[float, dict[int, float]] = {
