@@ -27,6 +27,13 @@ def test_every_generator_has_a_block_and_every_block_a_generator():
     assert shown == set(render(ROOT)), shown ^ set(render(ROOT))
 
 
+def test_a_block_without_its_blank_lines_does_not_swallow_the_next_one():
+    """Regression: an empty block (``<!-- table:a -->`` then ``<!-- /table -->`` with one blank
+    line) matched up to the *next* block's end, so --write deleted the prose between them."""
+    page = "<!-- table:a -->\n\n<!-- /table -->\n\nprose kept\n\n<!-- table:b -->\n\n| x |\n\n<!-- /table -->"
+    assert [(m["name"], m["body"]) for m in BLOCK.finditer(page)] == [("b", "| x |")]
+
+
 @pytest.fixture
 def copy(tmp_path):
     """The pages and the records in a scratch repository."""

@@ -1,6 +1,7 @@
 """The CPU training engine of issue 24: the counter-based dropout (kernel against its torch
 reference, bit for bit; its distribution; its gradient) and the final test pass of the
-validation-selected weights (kept across a resume)."""
+validation-selected weights (kept across a resume); the hybrid batch layout (the same training
+as padding without dropout, resumable with counter dropout)."""
 
 from __future__ import annotations
 
@@ -77,10 +78,11 @@ def test_encoder_with_counter_dropout_matches_torch_dropout_without_dropout():
 
 
 @needs_data
-def test_final_test_scores_the_validation_selected_weights_and_survives_resume(easy_data, tmp_path):
+@pytest.mark.parametrize("pad", ["dynamic", "hybrid"])
+def test_final_test_scores_the_validation_selected_weights_and_survives_resume(easy_data, tmp_path, pad):
     data = dataclasses.replace(easy_data, final=easy_data.test)
     base = dict(TINY, optimizer="md", p=1.1, lr=1e-3, dropout=0.2, seed=3, final_test=200,
-                dropout_impl="counter", target_train_acc=1.0)
+                dropout_impl="counter", target_train_acc=1.0, pad=pad)
     full = run_train(TrainConfig(**base, max_epochs=3), out=tmp_path / "full", data=data)
     s = full.summary
     assert s["final_test_n"] == 200 and s["honest_test_acc"] == s["final_test_acc"]
@@ -96,11 +98,37 @@ def test_final_test_scores_the_validation_selected_weights_and_survives_resume(e
     assert a["best_epoch"] == b["best_epoch"] and a["final"] == b["final"]
 
 
+@needs_data
+@pytest.mark.parametrize("optimizer,p", [("md", 1.1), ("md", 3.0), ("adam", 2.0)])
+def test_hybrid_layout_trains_as_padding_does_without_dropout(easy_data, tmp_path, optimizer, p):
+    """Issue 24 §1: the hybrid layout changes where the arithmetic runs, not what it computes:
+    three epochs of a 2-member ensemble (fp32, dropout 0) end with the padded run's losses and
+    weights within 1e-5."""
+    base = dict(TINY, optimizer=optimizer, p=p, lr=1e-3 if optimizer == "md" else 3e-3, dropout=0.0,
+                target_train_acc=1.0, max_epochs=3, dropout_impl="counter")
+    from attnopt.experiments.imdb import EnsembleConfig, run_ensemble
+
+    runs = {}
+    for pad in ("dynamic", "hybrid"):
+        cfgs = [TrainConfig(**base, seed=s, pad=pad) for s in (0, 1)]
+        runs[pad] = run_ensemble(EnsembleConfig(cfgs, names=("seed0", "seed1")), out=tmp_path / pad, data=easy_data)
+    for a, b in zip(runs["dynamic"].members, runs["hybrid"].members):
+        assert len(a.history) == len(b.history) == 3
+        for ea, eb in zip(a.history, b.history):
+            assert abs(ea["train_loss"] - eb["train_loss"]) <= 1e-5 * abs(ea["train_loss"])
+            assert ea["val_acc"] == eb["val_acc"] and ea["train_acc"] == eb["train_acc"]
+    for name in ("seed0", "seed1"):
+        wa, wb = model_state(tmp_path / "dynamic" / name)["model"], model_state(tmp_path / "hybrid" / name)["model"]
+        for k in wa:
+            torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_final_test_needs_held_out_validation():
     with pytest.raises(Exception, match="final_test"):
         TrainConfig(protocol="paper", final_test=5000)
     with pytest.raises(Exception, match="pad"):
         TrainConfig(pad="none", dropout_impl="counter")
+    assert TrainConfig(pad="hybrid", dropout_impl="counter", attn_impl="explicit").resolved_pad("cpu") == "hybrid"
     assert TrainConfig(dropout_impl="counter").resolved_pad("cuda") == "dynamic"
 
 

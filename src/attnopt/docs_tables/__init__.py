@@ -24,7 +24,9 @@ from typing import Callable, Iterable
 from attnopt.files import atomic_write_bytes
 from attnopt.docs_tables.records import Claim, Records, RecordsError
 
-BLOCK = re.compile(r"<!-- table:(?P<name>[\w.-]+) -->\n\n(?P<body>.*?)\n\n<!-- /table -->", re.S)
+# the body never holds a marker: a block written without its blank lines stays unmatched (and
+# reported) instead of reaching to the next block's end
+BLOCK = re.compile(r"<!-- table:(?P<name>[\w.-]+) -->\n\n(?P<body>(?:(?!<!-- ).)*?)\n\n<!-- /table -->", re.S)
 OPEN = re.compile(r"<!-- table:([\w.-]+) -->")
 #: The pages whose tables are results: the README's results section and these docs pages.
 PAGES = ("README.md", "docs/synthetic_results.md", "docs/vision_results.md", "docs/imdb_results.md",
