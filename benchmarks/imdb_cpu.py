@@ -1,6 +1,7 @@
 """CPU training step of the IMDB encoder against the GEMM rate of its own shapes (issue 24 §1).
 
 Run:  python benchmarks/imdb_cpu.py              (the CPU preset, the paper's size-3 shape, SST-2)
+      python benchmarks/imdb_cpu.py --only sst2  (the SST-2 rows alone; --only imdb: the others)
       python benchmarks/imdb_cpu.py --quick      (fewer steps, the CPU preset only; what the tests run)
 
 For each shape it prints the model's matmul FLOPs per training step (forward + backward:
@@ -145,12 +146,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 steps per engine and only the CPU preset")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--only", choices=("imdb", "sst2"), help="only the IMDB shapes, or only the SST-2 rows")
     args = ap.parse_args()
     steps = 3 if args.quick else args.steps
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("old engine = commit fedbbb2's step (dropout_impl='torch'); new = dropout_impl='counter'")
     shapes = list(SHAPES.items())[:1] if args.quick else list(SHAPES.items())
+    if args.only == "sst2":
+        shapes = []
     for name, (C, Hd, T, B) in shapes:
         data = load_reviews("imdb", max_len=T, subset=max(2000, B * (steps + 1)), eval_subset=100)
         times = step_times(C, Hd, T, B, data, steps)
@@ -166,7 +170,7 @@ def main() -> None:
                   f"= {gemm / t:.2f} of the GEMM rate")
         print(f"  old / new step time     : {old / new:.2f}x  (medians of {len(times['torch'])} interleaved steps; "
               f"spread new {min(times['counter']) * 1e3:.0f}-{max(times['counter']) * 1e3:.0f} ms)")
-    if not args.quick:
+    if not args.quick and args.only != "imdb":
         sst2_rows(args.steps)
 
 

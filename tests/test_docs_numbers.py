@@ -135,3 +135,14 @@ def test_a_changed_cpu_cell_record_is_caught_in_tables_readme_and_prose(copy):
     for part in ("table:imdb_cpu.e3 differs", "table:imdb_cpu.verdicts differs", "table:readme.imdb_cpu differs",
                  "`cpu-s3-p2` 58.28 ± 2.99 % (n = 5", "ℓ1.1 more accurate than ℓ2 — inconclusive: −1.18 points"):
         assert part in problems, problems
+
+
+def test_a_quoted_number_must_end_where_the_record_does(copy):
+    """Claims are matched in the prose as text: a claim ending in "p = 0.38" must not be
+    satisfied by a page saying "p = 0.385"."""
+    page = copy / "docs/imdb_results.md"
+    claim = "ℓ1.1 more accurate than ℓ2 — inconclusive: +0.76 points [−1.12, +2.64], Welch p = 0.38"
+    assert claim in re.sub(r"\s+", " ", page.read_text(encoding="utf-8"))
+    _edit(page, "Welch p = 0.38", "Welch p = 0.385", count=-1)
+    problems = "\n".join(check(copy))
+    assert f"the text {claim!r} (from the records) is not there" in problems, problems

@@ -181,6 +181,27 @@ def test_campaign_results_default_to_the_plans_folder(tmp_path):
     assert not (tmp_path / "records").exists()
 
 
+def test_sst2_cpu_plan_expands_to_hybrid_sst2_trials_without_a_final_test():
+    """The SST-2 CPU plan: 18 one-seed sweep trials, then six 10-epoch and two 20-epoch 5-seed
+    cells, every trial on SST-2 in the hybrid layout, tested on all of GLUE dev (no final_test)."""
+    from attnopt.experiments.imdb.plan import load_plan, resolve_sweeps
+
+    root = Path(__file__).resolve().parents[1] / "results" / "sst2-cpu"
+    plan = load_plan(root / "plan.toml")
+    sweeps = [t for t in plan.trials() if t.group == "sweep"]
+    assert len(sweeps) == 18 and all(t.config.max_epochs == 3 for t in sweeps)
+    resolve_sweeps(plan, {})  # no record: the cells wait for the sweep
+    assert [t for t in plan.trials() if t.group == "cell"] == []
+    for t in sweeps:
+        c = t.config
+        assert (c.dataset, c.pad, c.final_test, c.eval_subset, c.subset, c.max_len) == ("sst2", "hybrid", None, None,
+                                                                                       10000, 64)
+    res = runner.invoke(app, ["imdb", "campaign", str(root / "plan.toml"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "| sst-lr-adam-lr0.001 | sweep | 0.001 | 1 / 1 | – | – |" in res.stdout
+    assert "| sst-s3-long-p2 | cell | 0.0004 |" in res.stdout
+
+
 def test_campaign_interrupted_says_what_is_kept(tmp_path, monkeypatch):
     from attnopt.experiments.imdb import campaign as campaign_mod
 

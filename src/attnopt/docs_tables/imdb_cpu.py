@@ -74,8 +74,9 @@ def _cells(camp: Campaign, section: Callable[[Aggregate], str]) -> Callable[[Rec
 
 def cost(rec: Records, camp: Campaign = IMDB) -> str:
     """Accuracy against cost, per cell: mean validation accuracy over the seeds at every epoch,
-    the median wall time of one ensemble epoch (training and both evaluation passes: every
-    member of a cell trains in one process), and the first epoch whose mean reaches 75 %."""
+    the median wall time of one member's epoch (an ensemble epoch's time over its member count:
+    training and both evaluation passes), and the first epoch whose mean reaches 75 % with what
+    the cell's n members cost up to it."""
     agg = _aggregate(rec, camp)
     if not agg.cells:
         return "(no cell recorded yet)"
@@ -85,13 +86,14 @@ def cost(rec: Records, camp: Campaign = IMDB) -> str:
         hs = [r["history"] for r in recs]
         n = min(len(h["val_acc"]) for h in hs)
         val = [100 * float(np.mean([float(h["val_acc"][e]) for h in hs])) for e in range(n)]
-        minutes = float(np.median(np.asarray(hs[0]["epoch_time_s"], dtype=float))) / 60
+        per = np.concatenate([np.asarray(h["epoch_time_s"], float) / np.asarray(h["members"], float) for h in hs])
+        minutes = float(np.median(per)) / 60
         first = next((e + 1 for e, v in enumerate(val) if v >= 75.0), None)
         rows.append([name, recs[0]["summary"]["optimizer"], f"{recs[0]['summary']['lr']:g}", str(len(recs)),
-                     " / ".join(f"{v:.1f}" for v in val), f"{minutes:.1f}",
-                     "–" if first is None else f"epoch {first} (≈ {first * minutes:.0f} min)"])
+                     " / ".join(f"{v:.1f}" for v in val), f"{minutes:.2f}",
+                     "–" if first is None else f"epoch {first} (≈ {first * minutes * len(recs):.0f} min for the cell)"])
     return markdown_table(["cell", "optimizer", "lr", "n", "mean validation acc per epoch (%)",
-                           "minutes per ensemble epoch (median)", "mean validation ≥ 75 % from"], rows)
+                           "minutes per member-epoch (median)", "mean validation ≥ 75 % from"], rows)
 
 
 def readme(rec: Records, camp: Campaign = IMDB) -> str:

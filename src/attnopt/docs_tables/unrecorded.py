@@ -23,7 +23,7 @@ UNRECORDED: dict[str, str] = {
     "| block | cells | trials |": "a summary of the plan results/imdb/plan.toml (trial counts, not measurements)",
     "| | the authors' code | attnopt `--protocol paper` | consequence |": "a comparison of protocols, no measurements",
     "| | the paper | the CPU plan |": "a comparison of protocols (results/imdb-cpu/plan.toml), no measurements",
-    "| | the paper | the SST-2 CPU plan |": "a comparison of protocols (results/sst2-cpu/plan.toml), no measurements",
+    "| | the paper's IMDB protocol | the SST-2 CPU plan |": "a comparison of protocols (results/sst2-cpu/plan.toml), no measurements",
     "| step | precision | padding | reviews/s | ms/step | speed-up | MFU |": _IMDB_SPEED,
     "| epoch | time | training part |": _IMDB_SPEED,
     # docs/convex_results.md

@@ -229,7 +229,7 @@ def format_e4(rows: list[dict]) -> str:
     paper = "; ".join(f"{t} {PAPER_E4[t][0]:,} vs {PAPER_E4[t][1]:,}" for t in "QKV")
     return "\n".join(["## E4 — weight sparsity per cell", "", markdown_table(head, body), "",
                       f"Entries with |w| > {PAPER_THRESHOLD:g} per matrix type pooled over blocks, mean ± std over "
-                      f"trials. Paper (size 6, ℓ1.1 vs ℓ2, one model each, 884,736 entries per type): {paper}. "
+                      f"trials. Paper (IMDB, size 6, ℓ1.1 vs ℓ2, one model each, 884,736 entries per type): {paper}. "
                       "Pruning: accuracy (%) after zeroing that fraction of each block matrix's smallest |w|."])
 
 
@@ -242,7 +242,7 @@ def format_e5(rows: list[dict], pairs: list[dict]) -> str:
              "Score: last-layer [CLS] attention averaged over heads, min–max normalised over the tokens without "
              "[CLS]/[SEP] (the authors' definition), at the marked token; mean over probes, then mean ± std over "
              "trials. Probe sets: ours (60 reviews) and the authors' (44 of their 50 sentences usable). Paper "
-             f"(authors' probes, size 6, one model each): ℓ1.1 {E5_PAPER['MD p=1.1']}, ℓ2 {E5_PAPER['MD p=2']}."]
+             f"(IMDB, authors' probes, size 6, one model each): ℓ1.1 {E5_PAPER['MD p=1.1']}, ℓ2 {E5_PAPER['MD p=2']}."]
     if pairs:
         lines += ["", markdown_table(
             ["ℓ1.1 cell", "ℓ2 cell", "probe set", "paired trials", "probes where ℓ1.1 scores higher / lower / the same",

@@ -63,12 +63,14 @@ def claims(cells: dict[str, list[dict]]) -> list[dict]:
             b_name, b = kinds["md2"]
             rows.append({"claim": "ℓ1.1 sparser than ℓ2", "metric": f"Q+K+V entries > {PAPER_THRESHOLD:g}",
                          "a": a_name, "b": b_name, "va": _qkv_above(a), "vb": _qkv_above(b), "higher": False,
-                         "paper": f"{sum(v[0] - v[1] for v in PAPER_E4.values()):+,} (size 6, 1 model each)"})
+                         "paper": f"{sum(v[0] - v[1] for v in PAPER_E4.values()):+,} (size 6, 1 model each)"
+                         if dataset == "imdb" else "–"})
             for ps in PROBE_SETS:
                 rows.append({"claim": f"ℓ1.1 selects sentiment tokens more sharply than ℓ2 ({ps} probes)",
                              "metric": "E5 mean normalised score", "a": a_name, "b": b_name,
                              "va": [r["e5"][ps]["mean_score"] for r in a], "vb": [r["e5"][ps]["mean_score"] for r in b],
-                             "higher": True, "paper": "0.439 vs 0.312 (size 6, 1 model each)"})
+                             "higher": True,
+                             "paper": "0.439 vs 0.312 (size 6, 1 model each)" if dataset == "imdb" else "–"})
         tests = [welch(r["va"], r["vb"]) for r in rows]
         adjusted = holm([t.p for t in tests])
         for r, t, padj in zip(rows, tests, adjusted):
