@@ -151,10 +151,11 @@ def main() -> None:
     steps = 3 if args.quick else args.steps
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("old engine = commit fedbbb2's step (dropout_impl='torch'); new = dropout_impl='counter'")
     shapes = list(SHAPES.items())[:1] if args.quick else list(SHAPES.items())
     if args.only == "sst2":
         shapes = []
+    else:
+        print("old engine = commit fedbbb2's step (dropout_impl='torch'); new = dropout_impl='counter'")
     for name, (C, Hd, T, B) in shapes:
         data = load_reviews("imdb", max_len=T, subset=max(2000, B * (steps + 1)), eval_subset=100)
         times = step_times(C, Hd, T, B, data, steps)
