@@ -29,7 +29,7 @@ model, and :meth:`EncoderClassifier.forward` is that case) for two input layouts
   gathered back — every other operation still sees no padding.
 
 Attention runs through ``scaled_dot_product_attention`` (``attn_impl="sdpa"``) or an explicit
-softmax (``attn_impl="explicit"``, the paper's formulation, padded layout only); both compute
+softmax (``attn_impl="explicit"``, the paper's formulation; not with jagged attention); both compute
 the same function.
 """
 
