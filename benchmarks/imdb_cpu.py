@@ -114,13 +114,14 @@ def sst2_rows(steps: int, K: int = 5, B: int = 100) -> None:
             torch.manual_seed(k)
             models.append(EncoderClassifier(cfg.model_config()))
         runs[pad] = (EncoderEnsemble(models), [make_optimizer(cfg, m.parameters()) for m in models])
+    settings = {pad: Settings(torch.device("cpu"), "fp32", pad, "bce", "sum", B, 8, 500, 20, False, Dist())
+                for pad in layouts}
     times: dict[str, list[float]] = {pad: [] for pad in layouts}
     for i in range(steps + 1):
         for pad, (fwd, opts) in runs.items():
-            s = Settings(torch.device("cpu"), "fp32", pad, "bce", "sum", B, 8, 500, 20, False, Dist())
             batch, y = layouts[pad][i]
             t0 = time.perf_counter()
-            train_step(fwd, opts, batch, y, s)
+            train_step(fwd, opts, batch, y, settings[pad])
             if i:
                 times[pad].append(time.perf_counter() - t0)
     hybrid = [b for b, _ in layouts["hybrid"][1:]]

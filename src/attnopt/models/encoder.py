@@ -24,7 +24,7 @@ model, and :meth:`EncoderClassifier.forward` is that case) for two input layouts
   position ids restarting at every review, attention computed per review by
   ``scaled_dot_product_attention`` over a jagged nested tensor (FlashAttention's varlen
   kernel on CUDA in bf16, the memory-efficient one in fp32, a per-review math path on CPU);
-  or, when the batch has an ``attn_width`` (the ``hybrid`` layout, faster on CPU), by the
+  or, when the batch has an ``attn_index`` (the ``hybrid`` layout, faster on CPU), by the
   padded layout's attention on the reviews scattered into a (K·B, attn_width) grid and
   gathered back — every other operation still sees no padding.
 
@@ -110,8 +110,10 @@ class Packed:
     tail); ``cls`` (K, B): each review's first position in its row; ``lengths`` (K, B);
     ``max_seqlen``: an upper bound of the review lengths (sizes the attention kernel's grid);
     ``n_real``: the number of real tokens R (known on the host, so nothing waits on the device);
-    ``attn_width``: None (jagged attention) or the width to which attention pads the reviews
-    (at least the longest review).
+    ``attn_index`` (R,) and ``attn_keep`` (K·B, W): None (jagged attention), or, for the hybrid
+    layout, each real token's flat index in the (K·B, W) grid of padded reviews (members after
+    one another, as in ``cu``) and the grid's key mask; W (``attn_width``) is at least the
+    longest review.
     """
 
     ids: torch.Tensor
@@ -122,7 +124,12 @@ class Packed:
     lengths: torch.Tensor
     max_seqlen: int
     n_real: int
-    attn_width: int | None = None
+    attn_index: torch.Tensor | None = None
+    attn_keep: torch.Tensor | None = None
+
+    @property
+    def attn_width(self) -> int | None:
+        return None if self.attn_keep is None else int(self.attn_keep.shape[1])
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -320,23 +327,10 @@ def _embed(members: Sequence[EncoderClassifier], batch: Padded | Packed) -> torc
     return rows[0].unsqueeze(0) if len(rows) == 1 else torch.stack(rows)
 
 
-def _grid_index(batch: Packed) -> tuple[torch.Tensor, torch.Tensor]:
-    """For the hybrid layout: each real token's flat index in the (K·B, attn_width) grid of
-    padded reviews (members after one another, as in ``cu``), and the grid's key mask."""
-    T, lengths = batch.attn_width, batch.lengths.flatten()
-    doc = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths,
-                                  output_size=batch.n_real)
-    pos = batch.pos.flatten()
-    pos = pos if batch.real is None else pos.index_select(0, batch.real)
-    keep = torch.arange(T, device=lengths.device) < lengths.unsqueeze(1)
-    return doc * T + pos, keep
-
-
 def _attention(x: torch.Tensor, w: dict, batch: Padded | Packed, keep: torch.Tensor | None, H: int, p: float,
-               training: bool, explicit: bool, probs_out: list | None, dropout_impl: str,
-               grid: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Multi-head self-attention of every member: (K, M, C) → (K, M, C), before W_O.
-    ``grid`` (hybrid layout, from :func:`_grid_index`): attention on the padded reviews."""
+               training: bool, explicit: bool, probs_out: list | None, dropout_impl: str) -> torch.Tensor:
+    """Multi-head self-attention of every member: (K, M, C) → (K, M, C), before W_O; a packed
+    batch with an ``attn_index`` (hybrid layout) runs it on its grid of padded reviews."""
     K, M, C = x.shape
     d = C // H
     qkv = _linear(x, w["qkv"], w.get("qkv_b"))
@@ -344,8 +338,8 @@ def _attention(x: torch.Tensor, w: dict, batch: Padded | Packed, keep: torch.Ten
         flat = qkv.reshape(K * M, 3 * C)
         if batch.real is not None:
             flat = flat.index_select(0, batch.real)
-        if grid is not None:
-            where, keep2 = grid
+        if batch.attn_index is not None:
+            where, keep2 = batch.attn_index, batch.attn_keep
             KB, T = keep2.shape
             padded = flat.new_zeros(KB * T, 3 * C).index_copy(0, where, flat)
             y = _padded_attention(padded.view(1, KB * T, 3 * C), keep2, 1, KB, T, H, d, p, training, explicit,
@@ -396,13 +390,10 @@ def ensemble_logits(members: Sequence[EncoderClassifier], batch: Padded | Packed
     """
     cfg = members[0].cfg
     K, H, p, impl = len(members), cfg.n_heads, cfg.dropout, cfg.dropout_impl
-    grid = None
     if isinstance(batch, Packed):
         if probs_out is not None:
             raise ValueError("attention probabilities need the padded layout")
-        if batch.attn_width is not None:
-            grid = _grid_index(batch)
-        elif cfg.attn_impl == "explicit" or (impl != "torch" and training and p > 0):
+        if batch.attn_index is None and (cfg.attn_impl == "explicit" or (impl != "torch" and training and p > 0)):
             raise ValueError("the packed (padding-free) layout with jagged attention needs attn_impl='sdpa' and, "
                              "in training with dropout, dropout_impl='torch' (or the hybrid layout)")
         keep, (_, B), T = None, batch.shape, None
@@ -422,7 +413,7 @@ def ensemble_logits(members: Sequence[EncoderClassifier], batch: Padded | Packed
         fc1, fc2 = (P[pre + "mlp.fc1.weight"], P[pre + "mlp.fc1.bias"]), (P[pre + "mlp.fc2.weight"], P[pre + "mlp.fc2.bias"])
 
         def attn(h):
-            a = _attention(h, w, batch, keep, H, p, training, cfg.attn_impl == "explicit", probs_out, impl, grid)
+            a = _attention(h, w, batch, keep, H, p, training, cfg.attn_impl == "explicit", probs_out, impl)
             return dropout(_linear(a, *proj), p, training, impl)
 
         def mlp(h):

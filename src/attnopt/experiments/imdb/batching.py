@@ -63,7 +63,8 @@ def packed_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], multiple: int,
     compiled code).  Position ids restart at every review; ``cu`` delimits the reviews in the
     stream of real tokens (member after member), which is what the jagged attention reads.
     ``padded_attention`` (the ``hybrid`` layout): attention instead runs on the reviews padded
-    to the longest one of every member's batch, rounded up to ``multiple`` (``Packed.attn_width``).
+    to the longest one of every member's batch, rounded up to ``multiple`` (``Packed.attn_width``);
+    the grid's index and key mask come from the same review / position tensors as the stream.
     """
     K, B = len(idx), len(idx[0])
     lens_host = torch.stack([split.lengths[i] for i in idx])              # (K, B) on the host
@@ -82,10 +83,13 @@ def packed_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], multiple: int,
     tokens = split.ids[rows.flatten()[doc], pos]
     starts = lens.cumsum(1) - lens                                         # (K, B) first position per row
     labels = split.labels[rows]
-    width = min(split.max_len, round_up(int(lens_host.max()), multiple)) if padded_attention else None
+    grid = (None, None)
+    if padded_attention:
+        width = min(split.max_len, round_up(int(lens_host.max()), multiple))
+        grid = (doc * width + pos, torch.arange(width, device=dev) < flat_lens.unsqueeze(1))
     if K == 1 and N == n_real:
         return Packed(tokens.unsqueeze(0), pos.unsqueeze(0), cu, None, starts, lens, split.max_len, n_real,
-                      width), labels
+                      *grid), labels
     member_start = torch.zeros(K, dtype=torch.int64)
     member_start[1:] = per_member.cumsum(0)[:-1]
     member = doc // B
@@ -93,7 +97,7 @@ def packed_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], multiple: int,
     ids = torch.zeros(K * N, dtype=tokens.dtype, device=dev).index_copy_(0, real, tokens)
     pos_full = torch.zeros(K * N, dtype=pos.dtype, device=dev).index_copy_(0, real, pos)
     return Packed(ids.view(K, N), pos_full.view(K, N), cu, real, starts, lens, split.max_len, n_real,
-                  width), labels
+                  *grid), labels
 
 
 def member_batch(split: DeviceSplit, idx: Sequence[torch.Tensor], pad: str, multiple: int):
